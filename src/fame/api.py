@@ -1,0 +1,58 @@
+"""The Python API: the same verbs as the CLI (setup, load, detect, evaluate).
+
+Example::
+
+    import fame.api as fame
+
+    fame.setup(["offline.log"], out="bundle", k=100)
+    detector = fame.load("bundle")
+    for result in detector.detect_lines(["- 1117838570 2005.06.03 ... instruction cache ..."]):
+        print(result.anomaly, result.domain, result.score)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from fame.config import Settings
+from fame.detector import Detector
+from fame.evaluation.evaluate import EvaluationResult, run_evaluate
+from fame.result import Detection, Route
+from fame.setup import SetupResult, run_setup
+
+__all__ = ["Detection", "Detector", "Route", "Settings", "detect", "evaluate", "load", "setup"]
+
+
+def setup(
+    logs: Sequence[str | Path], out: str | Path, *, progress: bool = False, **settings: Any
+) -> SetupResult:
+    """Train a bundle from labelled offline logs; keyword arguments are settings."""
+    return run_setup(logs, Settings.from_dict(settings), out, progress=progress)
+
+
+def load(bundle: str | Path, *, cache_size: int = 100_000) -> Detector:
+    """Load a bundle for detection."""
+    return Detector.load(bundle, cache_size=cache_size)
+
+
+def detect(
+    bundle: str | Path, lines: Iterable[str], *, batch_size: int = 256
+) -> Iterator[Detection]:
+    """Score raw log lines with a bundle: one result per line, in order."""
+    return load(bundle).detect_lines(lines, batch_size=batch_size)
+
+
+def evaluate(
+    log: str | Path,
+    out: str | Path,
+    *,
+    test_fraction: float = 0.15,
+    progress: bool = False,
+    **settings: Any,
+) -> EvaluationResult:
+    """Chronological split, setup on the offline region, detection and metrics on the rest."""
+    return run_evaluate(
+        log, Settings.from_dict(settings), out, test_fraction=test_fraction, progress=progress
+    )

@@ -1,0 +1,219 @@
+"""One typed definition of every setting, shared by the CLI, the config file and the API.
+
+Each field of :class:`Settings` carries its help text and the commands that use it in its
+metadata; the CLI builds its options from these fields (``k`` becomes ``--k``,
+``phase1_max_steps`` becomes ``--phase1-max-steps``) and a TOML config file uses the same
+names, so a setting is written down exactly once. Values are validated when the object is
+built: a wrong value fails at once, naming what was expected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fame.errors import ConfigError
+
+SETUP = "setup"
+DETECT = "detect"
+FORMAT = "format"
+
+
+def _opt(default: Any, help: str, *groups: str, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare a setting: its default, its help text and the command groups that use it."""
+    meta = {"help": help, "groups": groups, "choices": choices}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: default.copy(), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class Settings:
+    """Every setting of fame, with the paper's values as defaults where the paper has one.
+
+    Attributes are documented by their ``help`` metadata; ``fame setup --help`` prints them.
+    """
+
+    # -- reading logs ----------------------------------------------------------------------
+    format: str = _opt("bgl", "log format: bgl, thunderbird or custom", FORMAT)
+    header: str | None = _opt(
+        None, "custom format: Loghub-style header, e.g. '<Label> <Date> <Content>'", FORMAT
+    )
+    regex: str | None = _opt(None, "custom format: regex with named groups incl. Content", FORMAT)
+    model_fields: str | None = _opt(
+        None,
+        "comma-separated fields the models see (default per format; bgl: Component,Level,Content)",
+        FORMAT,
+    )
+    labels_csv: str | None = _opt(
+        None, "CSV 'line,label' for logs without inline labels (setup/evaluate)", SETUP
+    )
+    max_line_chars: int = _opt(20_000, "lines longer than this are cut (characters)", FORMAT)
+
+    # -- template parsing (III-A) ----------------------------------------------------------
+    drain_sim_th: float = _opt(0.5, "Drain3 similarity threshold (paper: 0.5)", SETUP)
+    drain_depth: int = _opt(4, "Drain3 tree depth (paper: 4)", SETUP)
+
+    # -- K-shot sampling (III-A) -----------------------------------------------------------
+    k: int = _opt(100, "at most K labelled lines per EventID (paper default 100)", SETUP)
+    calibration_fraction: float = _opt(
+        0.2, "share of each EventID's K-shot lines kept for calibration (paper: 0.2)", SETUP
+    )
+
+    # -- partition and certification (III-B) -----------------------------------------------
+    proposer: str = _opt(
+        "tfidf", "failure-domain proposer", SETUP, choices=("tfidf", "file", "llm")
+    )
+    partition_file: str | None = _opt(
+        None,
+        "JSON partition: read by --proposer file; otherwise the proposal is written there",
+        SETUP,
+    )
+    tfidf_threshold: float = _opt(
+        0.5, "tfidf proposer: cosine similarity needed to share a domain", SETUP
+    )
+    max_pure_similarity: float = _opt(
+        0.9,
+        "certification: a pure-anomaly domain at least this TF-IDF-similar to the "
+        "UNIVERSAL_NORMAL normal pool is dissolved",
+        SETUP,
+    )
+
+    # -- models (III-C, III-D) -------------------------------------------------------------
+    encoder: str = _opt(
+        "minilm",
+        "encoder for the experts: 'minilm' (bundled all-MiniLM-L6-v2), a local directory "
+        "or a Hugging Face id",
+        SETUP,
+    )
+    router_encoder: str = _opt(
+        "shared",
+        "encoder for gate and selector: 'shared' runs them on the experts' Phase 1 trunk "
+        "(one trunk pass per line); or a model name as for --encoder",
+        SETUP,
+    )
+    trainable_layers: int = _opt(
+        2, "top transformer layers each head trains (paper III-D2: 2)", SETUP
+    )
+    max_tokens: int = _opt(128, "tokens per line the models see; longer lines are cut", SETUP)
+    train_batch_size: int = _opt(32, "batch size for training", SETUP)
+    seed: int = _opt(0, "random seed for sampling and training", SETUP)
+    router_max_lines: int = _opt(
+        20_000, "cap on distinct offline lines used to train gate and selector", SETUP
+    )
+    phase1: bool = _opt(True, "run Phase 1 MLM adaptation (III-D1)", SETUP)
+    phase1_max_lines: int = _opt(200_000, "Phase 1 corpus cap (paper: 200,000 lines)", SETUP)
+    phase1_max_steps: int = _opt(
+        600, "Phase 1 step budget (a CPU budget; the paper trains to convergence)", SETUP
+    )
+    expert_max_epochs: int = _opt(10, "epoch cap for large expert training sets", SETUP)
+    min_recall: float = _opt(0.90, "calibration: recall floor for thresholds (III-E)", SETUP)
+
+    # -- detection -------------------------------------------------------------------------
+    batch_size: int = _opt(256, "lines per detection batch", DETECT)
+    cache_size: int = _opt(
+        100_000, "results cached by model-visible text; 0 turns the cache off", DETECT
+    )
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every value; raise :class:`ConfigError` naming the first bad one."""
+        positive_ints = (
+            "k",
+            "drain_depth",
+            "trainable_layers",
+            "max_tokens",
+            "train_batch_size",
+            "router_max_lines",
+            "phase1_max_lines",
+            "phase1_max_steps",
+            "expert_max_epochs",
+            "batch_size",
+            "max_line_chars",
+        )
+        for name in positive_ints:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigError(f"setting {name} must be an integer >= 1, got {value!r}")
+        if self.cache_size < 0:
+            raise ConfigError(f"setting cache_size must be >= 0, got {self.cache_size}")
+        for name in ("drain_sim_th", "tfidf_threshold", "max_pure_similarity", "min_recall"):
+            value = getattr(self, name)
+            if not 0.0 <= float(value) <= 1.0:
+                raise ConfigError(f"setting {name} must lie in [0, 1], got {value!r}")
+        if not 0.0 <= self.calibration_fraction < 1.0:
+            raise ConfigError(
+                f"setting calibration_fraction must lie in [0, 1), got {self.calibration_fraction}"
+            )
+        if self.proposer == "file" and not self.partition_file:
+            raise ConfigError(
+                "proposer 'file' needs --partition-file PATH (a JSON partition); write one "
+                "with 'fame setup --partition-file PATH' using the tfidf proposer first"
+            )
+        choices = dataclasses.fields(self)
+        for f in choices:
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(self, f.name) not in allowed:
+                raise ConfigError(
+                    f"setting {f.name} must be one of {', '.join(allowed)}; "
+                    f"got {getattr(self, f.name)!r}"
+                )
+
+    def model_field_list(self) -> list[str] | None:
+        """The ``model_fields`` setting as a list, or None for the format's default."""
+        if not self.model_fields:
+            return None
+        return [part.strip() for part in self.model_fields.split(",") if part.strip()]
+
+    def to_dict(self) -> dict[str, Any]:
+        """All settings as a plain JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> Settings:
+        """Build settings from a mapping, rejecting unknown names with the valid ones."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"unknown setting(s) {', '.join(unknown)}; valid names: {', '.join(sorted(known))}"
+            )
+        return cls(**dict(values))
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with some settings changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file whose keys are setting names (a ``[fame]`` table or top level).
+
+    Raises:
+        ConfigError: the file is missing or is not valid TOML.
+    """
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {p} does not exist; pass an existing TOML file") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
+    table = data.get("fame", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {p}: the [fame] entry must be a table of settings")
+    return table
+
+
+def setting_fields(*groups: str) -> list[dataclasses.Field[Any]]:
+    """The settings used by the given command groups, in definition order."""
+    return [
+        f
+        for f in dataclasses.fields(Settings)
+        if not groups or set(f.metadata.get("groups", ())) & set(groups)
+    ]

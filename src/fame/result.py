@@ -1,0 +1,56 @@
+"""What detection emits for every input line."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+class Route(enum.StrEnum):
+    """The three paths of Eq. 5 (paper III-F)."""
+
+    UNIVERSAL_NORMAL = "universal_normal"
+    PURE_ANOMALY = "pure_anomaly"
+    EXPERT = "expert"
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    """The verdict for one input line.
+
+    Attributes:
+        line: 1-based position of the line in its input.
+        anomaly: The binary decision.
+        score: Anomaly score in [0, 1], mapped so that 0.5 is the decision point of the path
+            the line took (higher = more anomalous); comparable across paths.
+        domain: The failure domain for the routed paths (pure-anomaly, expert); None on the
+            UNIVERSAL_NORMAL path, which names no domain (paper III-F).
+        route: Which path of Eq. 5 decided.
+        event_id: The frozen template the line matched, or None for a never-seen template.
+        template: That template's text, or None.
+        raw_score: The path's own score before the mapping (expert probability, fused
+            UNIVERSAL_NORMAL score, or the gate probability on the pure-anomaly path).
+        gate: The gate's probability that the line belongs to an expert domain.
+        malformed: The line did not fit the log format and was scored as raw text.
+    """
+
+    line: int
+    anomaly: bool
+    score: float
+    domain: str | None
+    route: Route
+    event_id: str | None
+    template: str | None
+    raw_score: float
+    gate: float
+    malformed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (the JSON Lines schema of ``fame detect``)."""
+        out = asdict(self)
+        out["route"] = self.route.value
+        out["score"] = round(self.score, 6)
+        out["raw_score"] = round(self.raw_score, 6)
+        out["gate"] = round(self.gate, 6)
+        return out
