@@ -161,16 +161,18 @@ class StopRule:
     ) -> StopRule:
         """Expert rule (III-D2): AUROC early stopping, keeping the best weights.
 
-        Under ``small_data_lines`` training lines: ``fixed_steps`` steps with validation AUROC
-        every ``eval_every`` steps. Otherwise: epochs with AUROC ``patience``, at most
-        ``max_epochs`` (this project's cap). In step mode training ends early once validation
-        AUROC is 1.0, since no later checkpoint could replace it.
+        Under ``small_data_lines`` training lines: at most ``fixed_steps`` steps with
+        validation AUROC every ``eval_every`` steps; ``patience`` checks without improvement
+        end training early (the paper's "AUROC-based early stopping is checked every 50
+        steps"; its patience there is unstated, this reuses P2). Otherwise: epochs with AUROC
+        ``patience``, at most ``max_epochs`` (this project's cap). In step mode training also
+        ends once validation AUROC is 1.0, since no later checkpoint could replace it.
 
         Args:
             small_data_lines: Step-mode threshold (paper: 4,000).
             fixed_steps: Steps in step mode (paper: 500).
             eval_every: Evaluation interval in step mode (paper: 50).
-            patience: Epoch-mode patience (paper: 3).
+            patience: Evaluations without improvement before stopping (paper P2: 3).
             max_epochs: Epoch-mode cap.
 
         Returns:
