@@ -97,6 +97,10 @@ def _configure_logging(quiet: bool) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
+    # transformers draws its own bars when loading weights; ours already show progress.
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def _cmd_setup(args: argparse.Namespace) -> int:

@@ -67,6 +67,12 @@ SCORE_BATCH_SIZE = 64
 """Lines per scoring pass: measured fastest on 2 CPU cores (256 was half as fast)."""
 
 HEADS_FORMAT = "fame-heads/1"
+# Floor on router training steps before its stopping rules may fire (ours, not the paper's:
+# on small offline regions one epoch is a handful of steps).
+ROUTER_MIN_STEPS = 100
+# The validation-loss fallback counts an evaluation as an improvement only past this margin,
+# so that a loss creeping towards zero does not keep a tiny expert training to the cap.
+LOSS_MIN_DELTA = 1e-3
 _META_KEY = "fame_heads"
 
 Metric = Literal["recall", "accuracy", "auroc"]
@@ -89,6 +95,9 @@ class StopRule:
         eval_every: Steps between evaluations in step mode (epoch mode evaluates per epoch).
         restore_best: Return the best-metric weights instead of the last ones.
         threshold: Decision threshold of the recall metric.
+        min_steps: Gradient steps before a target or patience may stop training. On tiny
+            training sets an epoch is a single step, and the paper's epoch rules would stop
+            an untrained router (a gate that flags everything meets a recall target).
     """
 
     name: str
@@ -101,9 +110,12 @@ class StopRule:
     eval_every: int = 50
     restore_best: bool = True
     threshold: float = 0.5
+    min_steps: int = 0
 
     @classmethod
-    def gate(cls, *, target_recall: float = 0.95, max_epochs: int = 5) -> StopRule:
+    def gate(
+        cls, *, target_recall: float = 0.95, max_epochs: int = 5, min_steps: int = ROUTER_MIN_STEPS
+    ) -> StopRule:
         """Gate rule (III-C1): stop once validation recall at 0.5 reaches ``target_recall``.
 
         The last weights are kept: the paper stops at the first epoch that meets the target
@@ -113,6 +125,7 @@ class StopRule:
         Args:
             target_recall: Recall to reach (paper: 0.95).
             max_epochs: Cap on epochs.
+            min_steps: Steps before the target may stop training (this project's floor).
 
         Returns:
             The rule.
@@ -123,11 +136,17 @@ class StopRule:
             target=target_recall,
             max_epochs=max_epochs,
             restore_best=False,
+            min_steps=min_steps,
         )
 
     @classmethod
     def selector(
-        cls, *, target_accuracy: float = 0.80, patience: int = 1, max_epochs: int = 5
+        cls,
+        *,
+        target_accuracy: float = 0.80,
+        patience: int = 1,
+        max_epochs: int = 5,
+        min_steps: int = ROUTER_MIN_STEPS,
     ) -> StopRule:
         """Selector rule (III-C2): stop at validation accuracy 0.80, or after one flat epoch.
 
@@ -147,6 +166,7 @@ class StopRule:
             target=target_accuracy,
             patience=patience,
             max_epochs=max_epochs,
+            min_steps=min_steps,
         )
 
     @classmethod
@@ -575,6 +595,7 @@ def _fit(
     step_mode = n < rule.small_data_lines
     batches_per_epoch = math.ceil(n / batch_size)
     total_steps = rule.fixed_steps if step_mode else rule.max_epochs * batches_per_epoch
+    total_steps = max(total_steps, rule.min_steps)
 
     evaluator = _Evaluator(head, val_states, val_y, rule, loss_fn)
     history: list[tuple[int, float]] = []
@@ -610,6 +631,8 @@ def _fit(
                 best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}
         else:
             stale += 1
+        if step < rule.min_steps:
+            return False
         if evaluator.uses_rule_metric and rule.target is not None and value >= rule.target:
             stop_reason = "target"
             return True
@@ -718,7 +741,9 @@ class _Evaluator:
 
     def better(self, value: float, best: float) -> bool:
         """Strict improvement (lower is better for the loss fallback)."""
-        return value < best if self.metric_name == "val_loss" else value > best
+        if self.metric_name == "val_loss":
+            return value < best - LOSS_MIN_DELTA
+        return value > best
 
     def __call__(self) -> float | None:
         """Evaluates the head on the validation set; ``None`` without validation data."""
