@@ -254,8 +254,9 @@ def calibrate_threshold(
     Candidates are ``n_candidates`` evenly spaced score percentiles (``np.percentile`` at
     ``linspace(0, 100, n_candidates)``), or all unique scores when there are fewer than
     ``n_candidates`` of them. A line is predicted anomalous when ``score >= threshold``. Among
-    candidates reaching ``min_recall`` the highest F1 wins, ties going to the higher threshold
-    (fewer false alarms). If none reaches the floor, the highest recall wins (then F1, then the
+    candidates reaching ``min_recall`` the highest F1 wins; when several thresholds tie, the
+    middle of the band they span is taken (the widest margin to both classes), provided it
+    keeps the same F1, else the highest tied threshold. If none reaches the floor, the highest recall wins (then F1, then the
     higher threshold) and the reason says so.
 
     A calibration set that is empty or lacks one class cannot calibrate: the result then uses
@@ -325,8 +326,27 @@ def calibrate_threshold(
     feasible = recall >= min_recall - _RECALL_TOLERANCE
     if np.any(feasible):
         best_f1 = f1[feasible].max()
-        index = int(np.flatnonzero(feasible & (f1 == best_f1))[-1])
+        tied = np.flatnonzero(feasible & (f1 == best_f1))
+        index = int(tied[-1])
         how = f"maximises F1 subject to recall >= {min_recall:.2f}"
+        margin = _widest_margin(values, candidates[tied], positives, negatives, best_f1)
+        if margin is not None and margin[2] >= min_recall - _RECALL_TOLERANCE:
+            threshold, p, r, f = margin
+            result = ThresholdResult(
+                threshold=threshold,
+                precision=p,
+                recall=r,
+                f1=f,
+                n=n,
+                n_anomalous=n_pos,
+                reason=(
+                    f"threshold {threshold:.6g} {how} (precision {p:.3f}, recall {r:.3f}, F1 "
+                    f"{f:.3f}) over {source} of {n} calibration lines ({n_pos} anomalous); "
+                    "middle of the band of equally good thresholds"
+                ),
+            )
+            logger.debug("threshold calibration: %s", result.reason)
+            return result
     else:
         # lexsort sorts by the last key first: recall, then F1, then threshold, all ascending.
         index = int(np.lexsort((candidates, f1, recall))[-1])
@@ -346,6 +366,32 @@ def calibrate_threshold(
     )
     logger.debug("threshold calibration: %s", result.reason)
     return result
+
+
+def _widest_margin(
+    values: NDArray[np.float64],
+    tied: NDArray[np.float64],
+    positives: NDArray[np.float64],
+    negatives: NDArray[np.float64],
+    best_f1: float,
+) -> tuple[float, float, float, float] | None:
+    """The middle of the band of thresholds that all reach the best F1, if it keeps it.
+
+    Calibration sets are small (20% of at most K lines per EventID) and often separable, so
+    many thresholds tie. The paper does not say which to take; the highest one puts the
+    boundary on the weakest calibration anomaly and misses every test anomaly scored a little
+    lower. The band runs from the highest score below the lowest tied candidate to the
+    highest tied candidate; its middle leaves the widest margin to both classes.
+    """
+    below = values[values < tied.min()]
+    low = float(below.max()) if below.size else 0.0
+    threshold = (low + float(tied.max())) / 2.0
+    if threshold <= low:
+        return None
+    precision, recall, f1 = _metrics_at(np.array([threshold]), positives, negatives)
+    if f1[0] < best_f1 - 1e-12:
+        return None
+    return threshold, float(precision[0]), float(recall[0]), float(f1[0])
 
 
 def _logit(values: NDArray[np.float64]) -> NDArray[np.float64]:

@@ -118,7 +118,11 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     from fame.logs import ReadStats
 
     settings = _settings(args)
-    detector = Detector.load(args.bundle, cache_size=settings.cache_size)
+    detector = Detector.load(
+        args.bundle,
+        cache_size=settings.cache_size,
+        route_known_templates=settings.route_known_templates,
+    )
     stats = ReadStats()
     if args.output == "-":
         sink = sys.stdout

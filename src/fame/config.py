@@ -118,6 +118,12 @@ class Settings:
     cache_size: int = _opt(
         100_000, "results cached by model-visible text; 0 turns the cache off", DETECT
     )
+    route_known_templates: bool = _opt(
+        False,
+        "route lines of a known template by the certified partition; the gate and selector "
+        "then route only never-seen templates (the paper routes every line by the models)",
+        DETECT,
+    )
 
     def __post_init__(self) -> None:
         self.validate()

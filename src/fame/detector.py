@@ -46,6 +46,11 @@ def expert_head_name(domain: str) -> str:
     return f"expert/{domain}"
 
 
+# A line's cache key: its model-visible text and, when known templates are routed by the
+# certified partition, the domain that routing fixes (None: the gate and selector decide).
+_Key = tuple[str, str | None]
+
+
 @dataclass(frozen=True, slots=True)
 class _Verdict:
     """What the models decide for one model-visible text (the cached part of a result)."""
@@ -75,6 +80,9 @@ class Detector:
         heads: Gate, selector and expert heads by name.
         max_tokens: Token limit per line.
         cache_size: Size of the result cache (0 = off).
+        route_known_templates: Route a line that matches a frozen template to that template's
+            certified domain instead of asking the gate and selector; the learned router then
+            serves only never-seen templates.
     """
 
     def __init__(
@@ -93,6 +101,7 @@ class Detector:
         heads: dict[str, Any],
         max_tokens: int,
         cache_size: int = 100_000,
+        route_known_templates: bool = False,
     ) -> None:
         self.root = root
         self.format = fmt
@@ -107,14 +116,17 @@ class Detector:
         self.heads = heads
         self.max_tokens = max_tokens
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, _Verdict] = OrderedDict()
+        self.route_known_templates = route_known_templates
+        self._cache: OrderedDict[_Key, _Verdict] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
 
     # -- loading -----------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, root: str | Path, *, cache_size: int = 100_000) -> Detector:
+    def load(
+        cls, root: str | Path, *, cache_size: int = 100_000, route_known_templates: bool = False
+    ) -> Detector:
         """Load a bundle written by ``fame setup``.
 
         Raises:
@@ -165,6 +177,7 @@ class Detector:
             heads=heads,
             max_tokens=int(settings["max_tokens"]),
             cache_size=cache_size,
+            route_known_templates=route_known_templates,
         )
 
     # -- public API --------------------------------------------------------------------------
@@ -198,16 +211,21 @@ class Detector:
         return self.detect_records(records, batch_size=batch_size)
 
     def score_texts(self, texts: Sequence[str]) -> list[_Verdict]:
-        """Model verdicts for model-visible texts (no template matching, no cache)."""
-        return self._score_unique(list(texts))
+        """Model verdicts for model-visible texts (routed by the models, no cache)."""
+        return self._score_unique([(t, None) for t in texts])
 
     # -- internals ---------------------------------------------------------------------------
 
     def _detect_batch(self, batch: Sequence[LogRecord]) -> list[Detection]:
-        verdicts = self._verdicts([r.text for r in batch])
+        templates = [self.parser.match(r.content) for r in batch]
+        keys: list[_Key] = []
+        for record, template in zip(batch, templates, strict=True):
+            forced = None
+            if self.route_known_templates and template is not None:
+                forced = self.partition.domain_of(template.event_id)
+            keys.append((record.text, forced))
         out = []
-        for record, verdict in zip(batch, verdicts, strict=True):
-            template = self.parser.match(record.content)
+        for record, template, verdict in zip(batch, templates, self._verdicts(keys), strict=True):
             out.append(
                 Detection(
                     line=record.line_no,
@@ -224,38 +242,37 @@ class Detector:
             )
         return out
 
-    def _verdicts(self, texts: Sequence[str]) -> list[_Verdict]:
-        """Verdicts for a batch of texts, scoring each distinct uncached text once."""
-        known: dict[str, _Verdict] = {}
-        todo: list[str] = []
-        for text in texts:
-            if text in known:
+    def _verdicts(self, keys: Sequence[_Key]) -> list[_Verdict]:
+        """Verdicts for a batch, scoring each distinct uncached (text, route) once."""
+        known: dict[_Key, _Verdict | None] = {}
+        todo: list[_Key] = []
+        for key in keys:
+            if key in known:
                 continue
-            cached = self._cache.get(text) if self.cache_size else None
+            cached = self._cache.get(key) if self.cache_size else None
             if cached is not None:
-                self._cache.move_to_end(text)
+                self._cache.move_to_end(key)
                 self.cache_hits += 1
-                known[text] = cached
             else:
-                known[text] = None  # type: ignore[assignment]  # filled below
-                todo.append(text)
+                todo.append(key)
+            known[key] = cached
         self.cache_misses += len(todo)
         if todo:
-            for text, verdict in zip(todo, self._score_unique(todo), strict=True):
-                known[text] = verdict
+            for key, verdict in zip(todo, self._score_unique(todo), strict=True):
+                known[key] = verdict
                 if self.cache_size:
-                    self._cache[text] = verdict
+                    self._cache[key] = verdict
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
-        return [known[t] for t in texts]
+        return [v for v in (known[k] for k in keys) if v is not None]
 
     @torch.inference_mode()
-    def _score_unique(self, texts: list[str]) -> list[_Verdict]:
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        results: list[_Verdict | None] = [None] * len(texts)
+    def _score_unique(self, keys: list[_Key]) -> list[_Verdict]:
+        order = sorted(range(len(keys)), key=lambda i: len(keys[i][0]))
+        results: list[_Verdict | None] = [None] * len(keys)
         for start in range(0, len(order), SUB_BATCH):
             idx = order[start : start + SUB_BATCH]
-            chunk = [texts[i] for i in idx]
+            chunk = [keys[i] for i in idx]
             for i, verdict in zip(idx, self._score_chunk(chunk), strict=True):
                 results[i] = verdict
         return [r for r in results if r is not None]
@@ -265,7 +282,8 @@ class Detector:
         mask = enc["attention_mask"]
         return trunk(enc["input_ids"], mask), mask
 
-    def _score_chunk(self, texts: list[str]) -> list[_Verdict]:
+    def _score_chunk(self, keys: list[_Key]) -> list[_Verdict]:
+        texts = [text for text, _ in keys]
         hidden, mask = self._hidden(self.trunk, self.tokenizer, texts)
         if self.router_trunk is self.trunk:
             r_hidden, r_mask = hidden, mask
@@ -278,7 +296,9 @@ class Detector:
             gate = self.heads[GATE_HEAD].score(r_hidden, r_mask).reshape(-1).numpy()
         else:
             gate = np.zeros(n, dtype=np.float32)
-        routed = np.flatnonzero(gate >= GATE_THRESHOLD)
+        routed = np.flatnonzero(
+            (gate >= GATE_THRESHOLD) & np.array([forced is None for _, forced in keys])
+        )
 
         # Selector: which expert domain (III-C2); trivial when there is only one.
         classes: list[str] = list(self.routing.get("selector_classes", []))
@@ -293,7 +313,8 @@ class Detector:
         verdicts: list[_Verdict | None] = [None] * n
         by_domain: dict[str, list[int]] = {}
         for i in range(n):
-            domain = chosen.get(i, UNIVERSAL_NORMAL)
+            forced = keys[i][1]
+            domain = forced if forced is not None else chosen.get(i, UNIVERSAL_NORMAL)
             if domain != UNIVERSAL_NORMAL and self.partition.kind_of(domain) is (
                 DomainKind.PURE_ANOMALY
             ):

@@ -92,7 +92,11 @@ def run_evaluate(
     del data
 
     # Test region, streamed through the detector in time order.
-    detector = Detector.load(setup.bundle, cache_size=settings.cache_size)
+    detector = Detector.load(
+        setup.bundle,
+        cache_size=settings.cache_size,
+        route_known_templates=settings.route_known_templates,
+    )
     evaluation = Evaluation()
     pending: deque[bool | None] = deque()
 
