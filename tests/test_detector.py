@@ -73,10 +73,11 @@ def detector() -> Detector:
             "MIX": DomainKind.MIXED,
             "PURE": DomainKind.PURE_ANOMALY,
         },
-        event_to_domain={},
+        # The frozen template of "gamma" belongs to PURE in the certified partition.
+        event_to_domain={"E2": "PURE"},
     )
     parser = TemplateParser()
-    parser.learn(["alpha"])
+    parser.learn(["alpha", "gamma"])
     trunk: Any = FakeTrunk()
     return Detector(
         root=Path("."),
@@ -99,6 +100,7 @@ def detector() -> Detector:
             f"expert/{UNIVERSAL_NORMAL}": un,
         },
         max_tokens=16,
+        route_known_templates=False,
     )
 
 
@@ -133,3 +135,18 @@ def test_one_result_per_line_in_order_cache_on_and_off(detector: Detector) -> No
     assert [d["line"] for d in off] == list(range(1, len(lines) + 1))
     assert on == off
     assert detector.cache_hits > 0
+
+
+def test_known_templates_routed_by_the_partition(detector: Detector) -> None:
+    detector.route_known_templates = True
+    try:
+        results = list(detector.detect_lines(["gamma", "beta"]))
+    finally:
+        detector.route_known_templates = False
+    gamma, beta = results
+    # The selector would send "gamma" to MIX (normal there); its template is certified PURE.
+    assert gamma.event_id == "E2"
+    assert (gamma.route, gamma.domain, gamma.anomaly) == (Route.PURE_ANOMALY, "PURE", True)
+    # A never-seen template is still routed by the gate and selector.
+    assert beta.event_id is None
+    assert (beta.route, beta.domain) == (Route.EXPERT, "MIX")

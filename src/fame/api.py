@@ -32,9 +32,11 @@ def setup(
     return run_setup(logs, Settings.from_dict(settings), out, progress=progress)
 
 
-def load(bundle: str | Path, *, cache_size: int = 100_000) -> Detector:
-    """Load a bundle for detection."""
-    return Detector.load(bundle, cache_size=cache_size)
+def load(
+    bundle: str | Path, *, cache_size: int = 100_000, route_known_templates: bool = True
+) -> Detector:
+    """Load a bundle for detection (see :class:`Settings` for the two options)."""
+    return Detector.load(bundle, cache_size=cache_size, route_known_templates=route_known_templates)
 
 
 def detect(

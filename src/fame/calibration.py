@@ -256,8 +256,8 @@ def calibrate_threshold(
     ``n_candidates`` of them. A line is predicted anomalous when ``score >= threshold``. Among
     candidates reaching ``min_recall`` the highest F1 wins; when several thresholds tie, the
     middle of the band they span is taken (the widest margin to both classes), provided it
-    keeps the same F1, else the highest tied threshold. If none reaches the floor, the highest recall wins (then F1, then the
-    higher threshold) and the reason says so.
+    keeps the same F1, else the highest tied threshold. If none reaches the floor, the
+    highest recall wins (then F1, then the higher threshold) and the reason says so.
 
     A calibration set that is empty or lacks one class cannot calibrate: the result then uses
     :data:`FALLBACK_THRESHOLD` (0.5), states why in ``reason`` and logs a WARNING.

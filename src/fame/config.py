@@ -119,9 +119,10 @@ class Settings:
         100_000, "results cached by model-visible text; 0 turns the cache off", DETECT
     )
     route_known_templates: bool = _opt(
-        False,
+        True,
         "route lines of a known template by the certified partition; the gate and selector "
-        "then route only never-seen templates (the paper routes every line by the models)",
+        "then route only never-seen templates (--no-route-known-templates: the paper's "
+        "routing of every line by the models)",
         DETECT,
     )
 

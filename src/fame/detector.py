@@ -101,7 +101,7 @@ class Detector:
         heads: dict[str, Any],
         max_tokens: int,
         cache_size: int = 100_000,
-        route_known_templates: bool = False,
+        route_known_templates: bool = True,
     ) -> None:
         self.root = root
         self.format = fmt
@@ -125,7 +125,7 @@ class Detector:
 
     @classmethod
     def load(
-        cls, root: str | Path, *, cache_size: int = 100_000, route_known_templates: bool = False
+        cls, root: str | Path, *, cache_size: int = 100_000, route_known_templates: bool = True
     ) -> Detector:
         """Load a bundle written by ``fame setup``.
 
