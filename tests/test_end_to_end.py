@@ -34,11 +34,12 @@ def test_metrics_are_real_and_consistent(run: EvaluationResult) -> None:
     assert m["tp"] + m["fn"] == m["anomalies"] == TEST_ANOMALIES
     assert m["precision"] == pytest.approx(m["tp"] / (m["tp"] + m["fp"]))
     assert m["recall"] == pytest.approx(m["tp"] / TEST_ANOMALIES)
-    # Floors set a little under what this configuration measured (F1 0.62, AUROC 0.98 at
-    # K=20 on 1,700 offline lines); they catch a broken pipeline, not small drifts.
-    assert m["recall"] >= 0.6
-    assert m["f1"] >= 0.45
-    assert m["auroc"] >= 0.9
+    # Floors set under what this configuration measured (precision 0.89, recall 1.00,
+    # F1 0.94, AUROC 1.00 at K=20 on 1,700 offline lines); they catch a broken pipeline,
+    # not small drifts between machines.
+    assert m["recall"] >= 0.85
+    assert m["f1"] >= 0.8
+    assert m["auroc"] >= 0.95
     # Most test anomalies of BGL_2k come from templates never seen offline (paper RQ6).
     assert m["unseen_anomaly_share"] > 0.5
     assert m["labeled_lines"] <= SMALL["k"] * m["templates"]

@@ -144,12 +144,15 @@ class Detector:
         encoder, tokenizer = load_saved_encoder(path / "encoder")
         n_frozen = int(routing["n_frozen_layers"])
         trunk = Trunk(encoder, n_frozen)
+        configs = {}
         if routing.get("router_encoder_dir"):
             r_encoder, r_tokenizer = load_saved_encoder(path / routing["router_encoder_dir"])
             router_trunk = Trunk(r_encoder, int(routing["router_n_frozen_layers"]))
+            # Router heads were cut from the router's own encoder, not the experts'.
+            configs = {GATE_HEAD: r_encoder.config, SELECTOR_HEAD: r_encoder.config}
         else:
             router_trunk, r_tokenizer = trunk, tokenizer
-        heads = load_heads(path / "heads.safetensors", encoder.config)
+        heads = load_heads(path / "heads.safetensors", encoder.config, configs=configs)
         heads_needed = [expert_head_name(d) for d in partition.mixed_domains]
         if routing.get("has_gate"):
             heads_needed.append(GATE_HEAD)
