@@ -29,10 +29,17 @@ def _sigmoid(x: float) -> float:
 # -- calibrate_threshold -----------------------------------------------------------------------
 
 
+def test_separable_scores_tie_break_highest_by_default() -> None:
+    scores = [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]
+    result = calibrate_threshold(scores, [0, 0, 0, 1, 1, 1])
+    assert result.threshold == pytest.approx(0.7)  # the top edge: the weakest anomaly
+    assert result.f1 == 1.0
+
+
 def test_perfectly_separable_scores_put_the_threshold_mid_gap() -> None:
     scores = [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]
     labels = [0, 0, 0, 1, 1, 1]
-    result = calibrate_threshold(scores, labels)
+    result = calibrate_threshold(scores, labels, tie_break="middle")
     # Every threshold in (0.3, 0.7] separates the classes: the middle, 0.5, keeps the widest
     # margin to both (the highest, 0.7, would miss any anomaly scored a little lower).
     assert result.threshold == pytest.approx(0.5)
@@ -48,7 +55,7 @@ OVERLAP_LABELS = [True] * 5 + [False] * 5
 
 def test_recall_floor_binds_on_overlapping_scores() -> None:
     # Recall 0.9 needs all 5 anomalies, so t <= 0.2: TP 5, FP 4 -> P 5/9, F1 10/14.
-    result = calibrate_threshold(OVERLAP_SCORES, OVERLAP_LABELS, min_recall=0.9)
+    result = calibrate_threshold(OVERLAP_SCORES, OVERLAP_LABELS, min_recall=0.9, tie_break="middle")
     # Any threshold in (0.1, 0.2] makes the same decisions; the middle of that band is taken.
     assert result.threshold == pytest.approx(0.15)
     assert result.recall == 1.0
@@ -58,7 +65,7 @@ def test_recall_floor_binds_on_overlapping_scores() -> None:
 
 def test_without_the_floor_the_f1_optimum_wins() -> None:
     # t = 0.6: TP 4, FP 1 -> P 0.8, R 0.8, F1 0.8 (t = 0.7 gives 0.75, t = 0.2 gives 0.714).
-    result = calibrate_threshold(OVERLAP_SCORES, OVERLAP_LABELS, min_recall=0.0)
+    result = calibrate_threshold(OVERLAP_SCORES, OVERLAP_LABELS, min_recall=0.0, tie_break="middle")
     assert result.threshold == pytest.approx(0.55)  # middle of (0.5, 0.6]
     assert result.f1 == pytest.approx(0.8)
 
@@ -78,7 +85,7 @@ def test_many_unique_scores_search_one_thousand_percentiles() -> None:
         if tp / 600 >= 0.9 and f1 >= best[0]:
             best = (f1, float(t))
     assert result.f1 == pytest.approx(best[0])
-    assert result.threshold <= best[1]  # inside the band of equally good thresholds
+    assert result.threshold == best[1]
     assert result.recall >= 0.9
     assert "1000 score percentiles" in result.reason
 
@@ -97,9 +104,7 @@ def test_fewer_unique_scores_than_candidates_searches_the_scores_themselves() ->
     scores = [0.25, 0.25, 0.5, 0.75, 0.75, 0.75]
     labels = [0, 0, 1, 1, 1, 0]
     result = calibrate_threshold(scores, labels)
-    # 0.5 is the best candidate (TP 3, FP 1: F1 6/7, recall 1); the band (0.25, 0.5] has the
-    # same decisions and its middle is taken.
-    assert result.threshold == pytest.approx(0.375)
+    assert result.threshold == 0.5  # TP 3, FP 1: F1 6/7, recall 1
     assert result.f1 == pytest.approx(6 / 7)
     assert "all 3 unique scores" in result.reason
 
@@ -180,7 +185,7 @@ def test_uninformative_gate_keeps_weight_zero() -> None:
     gate = [0.5] * len(OVERLAP_SCORES)
     result = calibrate_fusion(OVERLAP_SCORES, gate, OVERLAP_LABELS)
     assert result.weight == 0.0
-    assert result.threshold.threshold == pytest.approx(0.15)
+    assert result.threshold.threshold == pytest.approx(0.2)
 
 
 def test_fusion_on_a_degenerate_set_uses_the_smallest_weight_and_fallback() -> None:

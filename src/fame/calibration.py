@@ -16,7 +16,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, Literal, overload
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -34,6 +34,9 @@ DEFAULT_N_CANDIDATES = 1000
 #: Threshold used when the calibration set cannot calibrate (empty, or one class missing): the
 #: decision point of a sigmoid output, the same value the paper fixes for the gate (III-C1).
 FALLBACK_THRESHOLD = 0.5
+
+# How calibrate_threshold picks among thresholds that tie on F1 (the paper does not say).
+TieBreak = Literal["middle", "highest"]
 
 #: Fusion weights ``w`` searched for Eq. 4. The paper grid-searches ``w`` without listing the
 #: grid; 0 (expert alone) to 2 (gate twice as loud as the expert) in steps of 0.25.
@@ -248,16 +251,18 @@ def calibrate_threshold(
     *,
     min_recall: float = DEFAULT_MIN_RECALL,
     n_candidates: int = DEFAULT_N_CANDIDATES,
+    tie_break: TieBreak = "highest",
 ) -> ThresholdResult:
     """Choose the decision threshold maximising F1 subject to a recall floor (III-E).
 
     Candidates are ``n_candidates`` evenly spaced score percentiles (``np.percentile`` at
     ``linspace(0, 100, n_candidates)``), or all unique scores when there are fewer than
     ``n_candidates`` of them. A line is predicted anomalous when ``score >= threshold``. Among
-    candidates reaching ``min_recall`` the highest F1 wins; when several thresholds tie, the
-    middle of the band they span is taken (the widest margin to both classes), provided it
-    keeps the same F1, else the highest tied threshold. If none reaches the floor, the
-    highest recall wins (then F1, then the higher threshold) and the reason says so.
+    candidates reaching ``min_recall`` the highest F1 wins; ties go to the highest threshold
+    (fewer false alarms), or with ``tie_break="middle"`` to the middle of the band the tied
+    thresholds span (the widest margin to both classes) where that keeps the same F1. If none
+    reaches the floor, the highest recall wins (then F1, then the higher threshold) and the
+    reason says so.
 
     A calibration set that is empty or lacks one class cannot calibrate: the result then uses
     :data:`FALLBACK_THRESHOLD` (0.5), states why in ``reason`` and logs a WARNING.
@@ -267,6 +272,8 @@ def calibrate_threshold(
         labels: Their labels (True/1 anomalous).
         min_recall: Recall floor in ``[0, 1]``.
         n_candidates: Number of percentiles searched (at least 2).
+        tie_break: ``"highest"`` tied candidate (the default: fewest alarms on the
+            calibration set), or the ``"middle"`` of the band of equally good thresholds.
 
     Returns:
         The chosen threshold with precision, recall and F1 on the calibration set.
@@ -329,7 +336,11 @@ def calibrate_threshold(
         tied = np.flatnonzero(feasible & (f1 == best_f1))
         index = int(tied[-1])
         how = f"maximises F1 subject to recall >= {min_recall:.2f}"
-        margin = _widest_margin(values, candidates[tied], positives, negatives, best_f1)
+        margin = (
+            _widest_margin(values, candidates[tied], positives, negatives, best_f1)
+            if tie_break == "middle"
+            else None
+        )
         if margin is not None and margin[2] >= min_recall - _RECALL_TOLERANCE:
             threshold, p, r, f = margin
             result = ThresholdResult(
@@ -444,6 +455,7 @@ def calibrate_fusion(
     *,
     weights: Sequence[float] = DEFAULT_FUSION_WEIGHTS,
     min_recall: float = DEFAULT_MIN_RECALL,
+    tie_break: TieBreak = "highest",
 ) -> FusionResult:
     """Grid-search the fusion weight and threshold of Eq. 4 on the calibration set (III-E).
 
@@ -459,6 +471,7 @@ def calibrate_fusion(
         labels: Their labels (True/1 anomalous).
         weights: Candidate weights ``w`` (finite; duplicates ignored).
         min_recall: Recall floor in ``[0, 1]``.
+        tie_break: How :func:`calibrate_threshold` breaks threshold ties.
 
     Returns:
         The chosen weight and its threshold result.
@@ -481,7 +494,7 @@ def calibrate_fusion(
     searched: list[tuple[float, float, float]] = []
     for weight in grid:
         result = calibrate_threshold(
-            fuse(expert, gate_scores, weight), truth, min_recall=min_recall
+            fuse(expert, gate_scores, weight), truth, min_recall=min_recall, tie_break=tie_break
         )
         searched.append((weight, result.f1, result.recall))
         if degenerate:

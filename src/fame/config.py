@@ -112,6 +112,13 @@ class Settings:
     )
     expert_max_epochs: int = _opt(10, "epoch cap for large expert training sets", SETUP)
     min_recall: float = _opt(0.90, "calibration: recall floor for thresholds (III-E)", SETUP)
+    threshold_tie_break: str = _opt(
+        "highest",
+        "calibration: among thresholds tied on F1 take the highest or the middle of their "
+        "band (the paper does not say)",
+        SETUP,
+        choices=("middle", "highest"),
+    )
 
     # -- detection -------------------------------------------------------------------------
     batch_size: int = _opt(256, "lines per detection batch", DETECT)

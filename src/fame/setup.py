@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from fame import bundle as bundle_io
-from fame.calibration import calibrate_fusion, calibrate_threshold
+from fame.calibration import TieBreak, calibrate_fusion, calibrate_threshold
 from fame.certification import CertifiedPartition, certify, universal_normal_texts
 from fame.config import Settings
 from fame.errors import TrainingDataError
@@ -413,6 +413,7 @@ def _calibrate(
     settings: Settings,
 ) -> dict[str, Any]:
     """Thresholds per mixed expert and the UNIVERSAL_NORMAL fusion (III-E, Eq. 4)."""
+    tie_break: TieBreak = "middle" if settings.threshold_tie_break == "middle" else "highest"
     out: dict[str, Any] = {"experts": {}, "min_recall": settings.min_recall}
     for domain in certified.mixed_domains:
         if domain == UNIVERSAL_NORMAL:
@@ -420,7 +421,10 @@ def _calibrate(
         lines = [ln for ln in sample.calibration if certified.domain_of(ln.event_id) == domain]
         scores = training.score_texts(heads[f"expert/{domain}"], states, [ln.text for ln in lines])
         result = calibrate_threshold(
-            scores, np.array([ln.label for ln in lines], dtype=bool), min_recall=settings.min_recall
+            scores,
+            np.array([ln.label for ln in lines], dtype=bool),
+            min_recall=settings.min_recall,
+            tie_break=tie_break,
         )
         out["experts"][domain] = {"threshold": result.threshold, "details": result.to_json()}
 
@@ -436,14 +440,18 @@ def _calibrate(
     un_scores = training.score_texts(heads[f"expert/{UNIVERSAL_NORMAL}"], states, texts)
     if routing.get("has_gate"):
         gate_scores = training.score_texts(heads["gate"], router_states, texts)
-        fusion = calibrate_fusion(un_scores, gate_scores, labels, min_recall=settings.min_recall)
+        fusion = calibrate_fusion(
+            un_scores, gate_scores, labels, min_recall=settings.min_recall, tie_break=tie_break
+        )
         out["universal_normal"] = {
             "weight": fusion.weight,
             "threshold": fusion.threshold.threshold,
             "details": fusion.to_json(),
         }
     else:
-        result = calibrate_threshold(un_scores, labels, min_recall=settings.min_recall)
+        result = calibrate_threshold(
+            un_scores, labels, min_recall=settings.min_recall, tie_break=tie_break
+        )
         out["universal_normal"] = {
             "weight": 0.0,
             "threshold": result.threshold,
