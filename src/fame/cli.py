@@ -2,18 +2,23 @@
 
 Options come from :mod:`fame.config` (one definition per setting); this module only maps
 them to argparse, sets up logging and turns errors into exit codes: 2 for bad input or a
-bad bundle, 1 for other failures, 130 on interruption.
+bad bundle, 1 for other failures, 130 on interruption. ``fame detect`` turns a first
+SIGINT or SIGTERM into a graceful stop (the lines already read are scored and written, the
+offset is saved) and exits 0; a second signal interrupts at once (130).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, BinaryIO, cast
 
 from fame import __version__
 from fame.config import DETECT, FORMAT, SETUP, Settings, load_config_file, setting_fields
@@ -67,6 +72,21 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--bundle", required=True, help="bundle directory from 'fame setup'")
     detect.add_argument("log", nargs="?", default="-", help="log file, or - for stdin (default)")
     detect.add_argument("--output", default="-", help="JSON Lines file, or - for stdout")
+    detect.add_argument(
+        "--follow",
+        action="store_true",
+        help="keep reading the log file as it grows, like 'tail -F' (survives rotation and "
+        "truncation); stop with Ctrl-C or SIGTERM",
+    )
+    detect.add_argument(
+        "--offset-file",
+        metavar="PATH",
+        help="with --follow: JSON file recording the offset reached after each written batch; "
+        "a restart resumes there without losing or repeating lines",
+    )
+    detect.add_argument(
+        "--anomalies-only", action="store_true", help="write only the anomalous lines' results"
+    )
     _add_settings(detect, DETECT)
 
     evaluate = sub.add_parser(
@@ -115,36 +135,110 @@ def _cmd_setup(args: argparse.Namespace) -> int:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     from fame.detector import Detector
-    from fame.logs import ReadStats
+    from fame.follow import FollowSource, OffsetStore, run_detection_loop
+    from fame.logs import ReadStats, read_records
 
     settings = _settings(args)
+    if args.follow and args.log == "-":
+        raise InputError("--follow needs a log file path; standard input cannot be followed")
+    if args.offset_file and not args.follow:
+        raise InputError("--offset-file records where --follow got to; add --follow")
+    store = OffsetStore(args.offset_file) if args.offset_file else None
+    saved = store.load_for(args.log) if store is not None else None
     detector = Detector.load(
         args.bundle,
         cache_size=settings.cache_size,
         route_known_templates=settings.route_known_templates,
     )
     stats = ReadStats()
+    stop = threading.Event()
+    follow: FollowSource | None = None
+    if args.follow:
+        follow = FollowSource(
+            args.log,
+            stop=stop,
+            start_offset=saved.offset if saved else 0,
+            start_inode=saved.inode if saved else None,
+            track_positions=store is not None,
+        )
+        # The reader only calls readline(limit), which FollowSource provides.
+        records = read_records(cast(BinaryIO, follow), detector.format, stats=stats)
+    else:
+        records = read_records(args.log, detector.format, stats=stats)
+    line_base = saved.lines if saved else 0
+    if saved is not None:
+        logger.info(
+            "resuming %s at byte %d (after %d lines) from %s",
+            args.log,
+            saved.offset,
+            saved.lines,
+            args.offset_file,
+        )
+
+    def record_offset(lines_done: int) -> None:
+        if store is None or follow is None:
+            return
+        inode, offset = follow.position_after(lines_done)
+        store.save(args.log, inode, offset, line_base + lines_done)
+
     if args.output == "-":
         sink = sys.stdout
     else:
         try:
-            sink = Path(args.output).open("w", encoding="utf-8")  # noqa: SIM115
+            # A resumed run appends to the results of the runs before it.
+            mode = "a" if saved is not None else "w"
+            sink = Path(args.output).open(mode, encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
             raise InputError(f"cannot write --output {args.output}: {exc.strerror}") from exc
     try:
-        batch = settings.batch_size
-        for n, detection in enumerate(
-            detector.detect_file(args.log, batch_size=batch, stats=stats), start=1
-        ):
-            sink.write(json.dumps(detection.to_json()) + "\n")
-            if n % batch == 0:
-                sink.flush()
-        sink.flush()
+        with _graceful_stop(stop):
+            loop = run_detection_loop(
+                detector,
+                records,
+                sink,
+                batch_size=settings.batch_size,
+                flush_ms=settings.flush_ms,
+                anomalies_only=args.anomalies_only,
+                stop=stop,
+                line_base=line_base,
+                on_flushed=record_offset,
+            )
     finally:
+        stop.set()
         if sink is not sys.stdout:
             sink.close()
+    if loop.stopped:
+        logger.info("stopped after %d lines (%d anomalous)", loop.lines, loop.anomalies)
     stats.warn_summary(logging.getLogger("fame.detect"))
     return EXIT_OK
+
+
+@contextlib.contextmanager
+def _graceful_stop(stop: threading.Event) -> Iterator[None]:
+    """Turn SIGINT and SIGTERM into ``stop.set()`` while the block runs; restore after.
+
+    The first signal lets the detection loop finish the lines already read (exit 0); a
+    second one interrupts at once (KeyboardInterrupt, exit 130).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be installed from the main thread
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        logger.info(
+            "%s received: finishing the lines already read (send it again to quit at once)",
+            signal.Signals(signum).name,
+        )
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:

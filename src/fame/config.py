@@ -132,6 +132,12 @@ class Settings:
         "routing of every line by the models)",
         DETECT,
     )
+    flush_ms: int = _opt(
+        200,
+        "longest wait (ms) between a line arriving and its result being written: a batch "
+        "smaller than batch_size is scored once this much time passed since its first line",
+        DETECT,
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -150,6 +156,7 @@ class Settings:
             "expert_max_epochs",
             "batch_size",
             "max_line_chars",
+            "flush_ms",
         )
         for name in positive_ints:
             value = getattr(self, name)

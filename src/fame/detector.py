@@ -213,6 +213,17 @@ class Detector:
         records = read_records(source, self.format, stats=stats)
         return self.detect_records(records, batch_size=batch_size)
 
+    def detect_batch(self, records: Sequence[LogRecord]) -> list[Detection]:
+        """Score one batch of records as a whole (the unit of :meth:`detect_records`).
+
+        Args:
+            records: The records; each keeps its own ``line_no`` in the results.
+
+        Returns:
+            Exactly one :class:`Detection` per record, in order.
+        """
+        return self._detect_batch(records)
+
     def score_texts(self, texts: Sequence[str]) -> list[_Verdict]:
         """Model verdicts for model-visible texts (routed by the models, no cache)."""
         return self._score_unique([(t, None) for t in texts])
