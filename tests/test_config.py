@@ -24,6 +24,7 @@ def test_defaults_are_the_papers() -> None:
         ({"k": -3}, "k must be an integer >= 1"),
         ({"drain_sim_th": 1.5}, "drain_sim_th must lie in [0, 1]"),
         ({"cache_size": -1}, "cache_size must be >= 0"),
+        ({"threads": -1}, "threads must be an integer >= 0"),
         ({"proposer": "magic"}, "proposer must be one of tfidf, file, llm"),
         ({"proposer": "file"}, "needs --partition-file"),
     ],
@@ -44,6 +45,8 @@ def test_config_file_and_cli_share_names(tmp_path: Path) -> None:
     assert load_config_file(cfg) == {"k": 25, "phase1": False}
     args = build_parser().parse_args(["setup", "x.log", "--out", "b", "--k", "7", "--no-phase1"])
     assert args.k == 7 and args.phase1 is False
+    args = build_parser().parse_args(["detect", "--bundle", "b", "--threads", "1"])
+    assert args.threads == 1
     # Every setup setting has a CLI flag of the same name.
     setup_help = build_parser()._subparsers._group_actions[0].choices["setup"].format_help()  # type: ignore[union-attr]
     for f in setting_fields("setup"):

@@ -107,7 +107,13 @@ def _settings(args: argparse.Namespace) -> Settings:
         values.update(load_config_file(args.config))
     names = {f.name for f in setting_fields()}
     values.update({k: v for k, v in vars(args).items() if k in names})
-    return Settings.from_dict(values)
+    settings = Settings.from_dict(values)
+    if settings.threads:
+        # Process-wide, so only the CLI sets it; API users call torch.set_num_threads.
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    return settings
 
 
 def _configure_logging(quiet: bool) -> None:

@@ -54,6 +54,14 @@ class Settings:
     )
     max_line_chars: int = _opt(20_000, "lines longer than this are cut (characters)", FORMAT)
 
+    threads: int = _opt(
+        0,
+        "CPU threads for torch (0: torch's default, one per core); use 1 when another busy "
+        "process shares a small machine, where spinning threads slow training many times",
+        SETUP,
+        DETECT,
+    )
+
     # -- template parsing (III-A) ----------------------------------------------------------
     drain_sim_th: float = _opt(0.5, "Drain3 similarity threshold (paper: 0.5)", SETUP)
     drain_depth: int = _opt(4, "Drain3 tree depth (paper: 4)", SETUP)
@@ -164,6 +172,8 @@ class Settings:
                 raise ConfigError(f"setting {name} must be an integer >= 1, got {value!r}")
         if self.cache_size < 0:
             raise ConfigError(f"setting cache_size must be >= 0, got {self.cache_size}")
+        if not isinstance(self.threads, int) or self.threads < 0:
+            raise ConfigError(f"setting threads must be an integer >= 0, got {self.threads!r}")
         for name in ("drain_sim_th", "tfidf_threshold", "max_pure_similarity", "min_recall"):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
