@@ -8,6 +8,7 @@ write the bundle that detection loads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import shutil
@@ -44,9 +45,6 @@ GATE_NORMAL_RATIO = 3
 # Paper III-D2: normals are capped at 10x the anomalies for UNIVERSAL_NORMAL, 20x otherwise.
 UN_NORMAL_CAP = 10
 EXPERT_NORMAL_CAP = 20
-# Share of each head's training set held out for its stopping rule (the paper does not say
-# how its validation splits are drawn; a stratified 10% is our choice).
-VALIDATION_FRACTION = 0.1
 
 
 @dataclass
@@ -501,8 +499,6 @@ def _fresh_dir(path: Path) -> Path:
 
 def _as_dict(obj: Any) -> Any:
     """Dataclass reports as plain dicts for JSON."""
-    import dataclasses
-
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return dataclasses.asdict(obj)
     return obj

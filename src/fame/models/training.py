@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -95,6 +96,29 @@ def _split(n: int, labels: Sequence[int], seed: int) -> tuple[list[int], list[in
     return sorted(train), sorted(val)
 
 
+@dataclass
+class _SplitData:
+    """A head's training and held-out lines as trunk states with their labels."""
+
+    train_states: list[torch.Tensor]
+    train_labels: list[int]
+    val_states: list[torch.Tensor]
+    val_labels: list[int]
+
+    @classmethod
+    def of(
+        cls, states: StateCache, texts: Sequence[str], labels: Sequence[int], seed: int
+    ) -> _SplitData:
+        train_idx, val_idx = _split(len(texts), labels, seed)
+        encoded = states.get(texts)
+        return cls(
+            [encoded[i] for i in train_idx],
+            [int(labels[i]) for i in train_idx],
+            [encoded[i] for i in val_idx],
+            [int(labels[i]) for i in val_idx],
+        )
+
+
 def _fit_binary(
     encoder: PreTrainedModel,
     states: StateCache,
@@ -105,22 +129,21 @@ def _fit_binary(
     seed: int,
     name: str,
 ) -> tuple[Head, HeadReport]:
-    train_idx, val_idx = _split(len(texts), labels, seed)
-    all_states = states.get(texts)
+    data = _SplitData.of(states, texts, labels, seed)
     head = Head.from_encoder(encoder, trainable_layers=settings.trainable_layers, seed=seed)
     logger.info(
         "training %s head: %d lines (%d positive), %d held out",
         name,
-        len(train_idx),
-        sum(labels[i] for i in train_idx),
-        len(val_idx),
+        len(data.train_labels),
+        sum(data.train_labels),
+        len(data.val_labels),
     )
     report = fit_binary_head(
         head,
-        [all_states[i] for i in train_idx],
-        [labels[i] for i in train_idx],
-        val_states=[all_states[i] for i in val_idx],
-        val_labels=[labels[i] for i in val_idx],
+        data.train_states,
+        data.train_labels,
+        val_states=data.val_states,
+        val_labels=data.val_labels,
         rule=rule,
         batch_size=settings.train_batch_size,
         seed=seed,
@@ -155,8 +178,7 @@ def train_selector(
     seed: int,
 ) -> tuple[Head, HeadReport]:
     """The selector (III-C2): which expert domain, with the class weights of Eq. 1."""
-    train_idx, val_idx = _split(len(texts), labels, seed)
-    all_states = states.get(texts)
+    data = _SplitData.of(states, texts, labels, seed)
     head = Head.from_encoder(
         encoder,
         trainable_layers=settings.trainable_layers,
@@ -164,13 +186,15 @@ def train_selector(
         class_names=list(classes),
         seed=seed,
     )
-    logger.info("training selector over %d domains on %d lines", len(classes), len(train_idx))
+    logger.info(
+        "training selector over %d domains on %d lines", len(classes), len(data.train_labels)
+    )
     report = fit_multiclass_head(
         head,
-        [all_states[i] for i in train_idx],
-        [labels[i] for i in train_idx],
-        val_states=[all_states[i] for i in val_idx],
-        val_labels=[labels[i] for i in val_idx],
+        data.train_states,
+        data.train_labels,
+        val_states=data.val_states,
+        val_labels=data.val_labels,
         rule=StopRule.selector(),
         batch_size=settings.train_batch_size,
         seed=seed,
