@@ -73,11 +73,11 @@ def detector() -> Detector:
             "MIX": DomainKind.MIXED,
             "PURE": DomainKind.PURE_ANOMALY,
         },
-        # The frozen template of "gamma" belongs to PURE in the certified partition.
-        event_to_domain={"E2": "PURE"},
+        # The frozen templates of "gamma" and "delta" belong to PURE in the partition.
+        event_to_domain={"E2": "PURE", "E3": "PURE"},
     )
     parser = TemplateParser()
-    parser.learn(["alpha", "gamma"])
+    parser.learn(["alpha", "gamma", "delta"])
     trunk: Any = FakeTrunk()
     return Detector(
         root=Path("."),
@@ -123,7 +123,7 @@ def test_each_path_of_eq5(detector: Detector) -> None:
         None,
         False,
     )
-    assert delta.event_id is None and delta.template is None  # never-seen template
+    assert epsilon.event_id is None and epsilon.template is None  # never-seen template
 
 
 def test_one_result_per_line_in_order_cache_on_and_off(detector: Detector) -> None:
@@ -140,13 +140,17 @@ def test_one_result_per_line_in_order_cache_on_and_off(detector: Detector) -> No
 def test_known_templates_routed_by_the_partition(detector: Detector) -> None:
     detector.route_known_templates = True
     try:
-        results = list(detector.detect_lines(["gamma", "beta"]))
+        results = list(detector.detect_lines(["gamma", "beta", "delta"]))
     finally:
         detector.route_known_templates = False
-    gamma, beta = results
+    gamma, beta, delta = results
     # The selector would send "gamma" to MIX (normal there); its template is certified PURE.
     assert gamma.event_id == "E2"
     assert (gamma.route, gamma.domain, gamma.anomaly) == (Route.PURE_ANOMALY, "PURE", True)
+    assert gamma.score >= 0.5 and gamma.raw_score == pytest.approx(0.8)
+    # Routed by its template although the gate says 0.1: still a decided anomaly, score 0.5.
+    assert (delta.route, delta.anomaly, delta.score) == (Route.PURE_ANOMALY, True, 0.5)
+    assert delta.raw_score == pytest.approx(0.1)
     # A never-seen template is still routed by the gate and selector.
     assert beta.event_id is None
     assert (beta.route, beta.domain) == (Route.EXPERT, "MIX")

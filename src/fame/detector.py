@@ -332,9 +332,11 @@ class Detector:
             if domain != UNIVERSAL_NORMAL and self.partition.kind_of(domain) is (
                 DomainKind.PURE_ANOMALY
             ):
-                # Pure-anomaly domain: routing alone decides (Eq. 5, second case).
+                # Pure-anomaly domain: routing alone decides (Eq. 5, second case). The score is
+                # the gate's probability, at least 0.5 (a known template routed here by the
+                # partition may have a low gate score, but it is still a decided anomaly).
                 g = float(gate[i])
-                verdicts[i] = _Verdict(True, g, g, g, Route.PURE_ANOMALY, domain)
+                verdicts[i] = _Verdict(True, max(g, 0.5), g, g, Route.PURE_ANOMALY, domain)
             else:
                 by_domain.setdefault(domain, []).append(i)
 
