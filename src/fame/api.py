@@ -6,8 +6,8 @@ Example::
 
     fame.setup(["offline.log"], out="bundle", k=100)
     detector = fame.load("bundle")
-    for result in detector.detect_lines(["- 1117838570 2005.06.03 ... instruction cache ..."]):
-        print(result.anomaly, result.domain, result.score)
+    with open("new.log") as lines:
+        alerts = [d for d in detector.detect_lines(lines) if d.anomaly]
 """
 
 from __future__ import annotations
