@@ -224,10 +224,6 @@ class Detector:
         """
         return self._detect_batch(records)
 
-    def score_texts(self, texts: Sequence[str]) -> list[_Verdict]:
-        """Model verdicts for model-visible texts (routed by the models, no cache)."""
-        return self._score_unique([(t, None) for t in texts])
-
     # -- internals ---------------------------------------------------------------------------
 
     def _detect_batch(self, batch: Sequence[LogRecord]) -> list[Detection]:

@@ -300,7 +300,8 @@ def _propose(settings: Settings, sample: KShotSample) -> Partition:
     elif settings.proposer == "tfidf":
         options["similarity_threshold"] = settings.tfidf_threshold
     proposer = get_proposer(settings.proposer, **options)
-    partition = proposer.propose(sample).normalised(sorted(sample.events))
+    # Proposers return a partition already normalised against the sample's EventIDs.
+    partition = proposer.propose(sample)
     if settings.partition_file and settings.proposer != "file":
         write_partition_file(partition, Path(settings.partition_file), sample)
         logger.info("proposal written to %s for review", settings.partition_file)
