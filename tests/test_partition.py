@@ -117,8 +117,8 @@ def test_registry_builds_the_known_proposers(tmp_path: Path) -> None:
     assert isinstance(tfidf, Proposer) and isinstance(file_proposer, Proposer)
 
 
-def test_registry_llm_slot_is_reserved() -> None:
-    with pytest.raises(ConfigError, match="the llm proposer is not available yet"):
+def test_registry_llm_proposer_needs_a_model_client() -> None:
+    with pytest.raises(ConfigError, match=r"invalid options for the llm proposer.*client"):
         get_proposer("llm")
 
 
@@ -189,8 +189,9 @@ def test_partition_file_round_trip_with_annotations(tmp_path: Path) -> None:
     partition = TfidfProposer().propose(sample)
     path = write_partition_file(partition, tmp_path / "partition.json", sample)
     document = json.loads(path.read_text("utf-8"))
-    assert list(document["domains"])[-1] == UNIVERSAL_NORMAL
-    entry = document["domains"]["TLB_ERROR_INTERRUPT"][0]
+    assert document["domains"][-1]["name"] == UNIVERSAL_NORMAL
+    by_name = {d["name"]: d["event_ids"] for d in document["domains"]}
+    entry = by_name["TLB_ERROR_INTERRUPT"][0]
     assert entry["event_id"] == "E1" and entry["signals"] == "anomaly"
     assert entry["template"] == "data TLB error interrupt"
     restored = FileProposer(path).propose(sample)

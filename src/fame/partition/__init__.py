@@ -4,7 +4,8 @@ Use :func:`get_proposer` to build a proposer by name:
 
 - ``"tfidf"``: :class:`TfidfProposer`, the paper's deterministic non-LLM grouping variant.
 - ``"file"``: :class:`FileProposer`, a partition a person wrote or reviewed (JSON).
-- ``"llm"``: reserved for the LLM proposer of the paper; not available yet.
+- ``"llm"``: :class:`LLMProposer`, the paper's grouping by a chat model (any provider of
+  :mod:`fame.llm`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from fame.partition.base import (
     validate_domain_name,
 )
 from fame.partition.file import FileProposer, read_partition_file, write_partition_file
+from fame.partition.llm import LLMProposer
 from fame.partition.tfidf import TfidfProposer, log_tokens
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "PROPOSER_NAMES",
     "UNIVERSAL_NORMAL",
     "FileProposer",
+    "LLMProposer",
     "Partition",
     "Proposer",
     "TfidfProposer",
@@ -39,22 +42,10 @@ __all__ = [
 ]
 
 
-def _llm_unavailable(**options: Any) -> Proposer:
-    """Placeholder factory for the future LLM proposer.
-
-    Args:
-        **options: Ignored.
-
-    Raises:
-        ConfigError: Always, since the LLM proposer is not implemented yet.
-    """
-    raise ConfigError("the llm proposer is not available yet; use tfidf or file")
-
-
 _FACTORIES: dict[str, Callable[..., Proposer]] = {
     "tfidf": TfidfProposer,
     "file": FileProposer,
-    "llm": _llm_unavailable,
+    "llm": LLMProposer,
 }
 
 #: Every proposer name the registry knows, in the order shown to users.
@@ -73,8 +64,7 @@ def get_proposer(name: str, **options: Any) -> Proposer:
         The configured proposer.
 
     Raises:
-        ConfigError: For an unknown name, the not-yet-available ``"llm"``, or options the
-            proposer does not accept.
+        ConfigError: For an unknown name or options the proposer does not accept.
     """
     key = name.strip().lower() if isinstance(name, str) else name
     factory = _FACTORIES.get(key)

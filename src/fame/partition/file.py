@@ -5,23 +5,26 @@ File format (``write_partition_file`` writes it, ``FileProposer`` reads it back)
     {
       "format": "fame-partition/1",
       "help": "...",
-      "proposer": "tfidf",
-      "domains": {
-        "TLB_ERROR_INTERRUPT": [
+      "proposer": "llm",
+      "domains": [
+        {"name": "TLB_ERROR_INTERRUPT", "event_ids": [
           {"event_id": "E12", "template": "data TLB error interrupt", "signals": "anomaly",
            "count": 42, "normal_example": null, "anomaly_example": "..."},
           "E13"
-        ],
-        "UNIVERSAL_NORMAL": ["E1", "E2"]
-      }
+        ]},
+        {"name": "UNIVERSAL_NORMAL", "event_ids": ["E1", "E2"]}
+      ],
+      "llm_audit": [...]
     }
 
-Only ``domains`` is required. Each domain lists EventIDs either as plain strings or as objects
-with an ``"event_id"`` key; every other key of such an object (template, signals, count,
-examples) is there to help the reviewer and is ignored on reading, so a whole entry can be cut
-and pasted from one domain to another. Domain names must be UPPER_SNAKE_CASE; EventIDs not
-listed anywhere default to ``UNIVERSAL_NORMAL``; an EventID unknown to the offline data is an
-error unless the proposer is built with ``on_unknown="drop"``.
+Only ``domains`` is required; the older mapping form ``{"NAME": [EventIDs]}`` is read too.
+Each domain lists EventIDs either as plain strings or as objects with an ``"event_id"`` key;
+every other key of such an object (template, signals, count, examples) is there to help the
+reviewer and is ignored on reading, so a whole entry can be cut and pasted from one domain to
+another. Domain names must be UPPER_SNAKE_CASE; EventIDs not listed anywhere default to
+``UNIVERSAL_NORMAL``; an EventID unknown to the offline data is an error unless the proposer
+is built with ``on_unknown="drop"``. ``llm_audit`` (written by ``fame partition`` with the
+LLM proposer: prompts, raw answers, model, provider, time) is carried into the bundle.
 """
 
 from __future__ import annotations
@@ -72,7 +75,11 @@ def _signals_label(stats: EventStats) -> str:
 
 
 def write_partition_file(
-    partition: Partition, path: str | Path, sample: KShotSample | None = None
+    partition: Partition,
+    path: str | Path,
+    sample: KShotSample | None = None,
+    *,
+    audit: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write a partition as a human-reviewable JSON file.
 
@@ -83,6 +90,7 @@ def write_partition_file(
         partition: The partition to write.
         path: Destination file; its folder must exist.
         sample: Optional K-shot sample used to annotate the entries.
+        audit: The model calls that produced the proposal (kept for the bundle).
 
     Returns:
         The path written.
@@ -93,7 +101,7 @@ def write_partition_file(
     target = Path(path)
     names = [name for name in partition.domains if name != UNIVERSAL_NORMAL]
     names.append(UNIVERSAL_NORMAL)
-    domains: dict[str, list[Any]] = {}
+    domains: list[dict[str, Any]] = []
     for name in names:
         entries: list[Any] = []
         for event_id in partition.domains.get(name, []):
@@ -111,14 +119,16 @@ def write_partition_file(
                     "anomaly_example": stats.anomaly_example,
                 }
             )
-        domains[name] = entries
-    document = {
+        domains.append({"name": name, "event_ids": entries})
+    document: dict[str, Any] = {
         "format": PARTITION_FORMAT,
         "help": PARTITION_FILE_HELP,
         "proposer": partition.proposer,
         "domains": domains,
         "details": partition.details,
     }
+    if audit:
+        document["llm_audit"] = audit
     try:
         target.write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n", "utf-8")
     except OSError as exc:
@@ -163,13 +173,25 @@ def read_partition_file(path: str | Path) -> Partition:
             f"column {exc.colno}; fix the syntax there (often a missing or extra comma, or an "
             "unquoted name)"
         ) from exc
-    if not isinstance(document, dict) or not isinstance(document.get("domains"), dict):
+    raw_domains = document.get("domains") if isinstance(document, dict) else None
+    if isinstance(raw_domains, list):
+        pairs = []
+        for position, item in enumerate(raw_domains):
+            if not isinstance(item, dict) or not isinstance(item.get("name"), str):
+                raise InputError(
+                    f"partition file {source}: domain {position} is {item!r}; expected an "
+                    'object {"name": "NAME", "event_ids": [...]}'
+                )
+            pairs.append((item["name"], item.get("event_ids")))
+    elif isinstance(raw_domains, dict):
+        pairs = list(raw_domains.items())
+    else:
         raise InputError(
-            f"partition file {source} has no 'domains' object; expected "
-            '{"domains": {"NAME": ["EventID", ...], "UNIVERSAL_NORMAL": [...]}}'
+            f"partition file {source} has no 'domains' list; expected "
+            '{"domains": [{"name": "NAME", "event_ids": ["E1", ...]}, ...]}'
         )
     domains: dict[str, list[str]] = {}
-    for name, entries in document["domains"].items():
+    for name, entries in pairs:
         if not isinstance(entries, list):
             raise InputError(
                 f"partition file {source}: domain {name!r} must be a list of EventIDs, got "
@@ -187,10 +209,16 @@ def read_partition_file(path: str | Path) -> Partition:
                     f"{entry!r}; expected an EventID string or an object with an 'event_id' "
                     "string"
                 )
+        if str(name) in domains:
+            raise InputError(
+                f"partition file {source}: domain {name!r} appears twice; merge the two entries"
+            )
         domains[str(name)] = ids
     details: dict[str, Any] = {"path": str(source)}
     if isinstance(document.get("proposer"), str):
         details["source_proposer"] = document["proposer"]
+    if isinstance(document.get("llm_audit"), list):
+        details["llm_audit"] = document["llm_audit"]
     return Partition(domains=domains, proposer="file", details=details)
 
 
