@@ -49,13 +49,27 @@ def main() -> None:
     parser.add_argument("--test-fraction", type=float, default=0.15)
     parser.add_argument("--out", required=True, help="JSON file for the figures")
     parser.add_argument("--work", default=None, help="directory for bundle and detections")
+    parser.add_argument(
+        "--setting",
+        action="append",
+        default=[],
+        metavar="OPTION=VALUE",
+        help="extra fame evaluate option, e.g. --setting proposer=llm (repeatable)",
+    )
+    parser.add_argument(
+        "--skip-detect", action="store_true", help="skip the separate detection-speed runs"
+    )
     args = parser.parse_args()
+    extra = []
+    for item in args.setting:
+        name, _, value = item.partition("=")
+        extra += [f"--{name.replace('_', '-')}", value] if value else [f"--{name}"]
 
     work = Path(args.work or tempfile.mkdtemp(prefix="fame-bench-"))
     started = time.strftime("%Y-%m-%dT%H:%M:%S")
     evaluate = run_measured(
         [*FAME, "evaluate", args.log, "--format", "bgl", "--k", str(args.k),
-         "--test-fraction", str(args.test_fraction), "--out", str(work), "--quiet"]
+         "--test-fraction", str(args.test_fraction), "--out", str(work), "--quiet", *extra]
     )  # fmt: skip
     metrics = json.loads((work / "metrics.json").read_text())
 
@@ -66,7 +80,8 @@ def main() -> None:
     test_file.write_bytes(b"".join(lines[n_offline:]))
     n_test = len(lines) - n_offline
     detect = {}
-    for name, cache in (("cache_on", "100000"), ("cache_off", "0")):
+    runs = () if args.skip_detect else (("cache_on", "100000"), ("cache_off", "0"))
+    for name, cache in runs:
         m = run_measured(
             [*FAME, "detect", "--bundle", str(work / "bundle"), str(test_file),
              "--output", str(work / f"detect_{name}.jsonl"), "--cache-size", cache, "--quiet"]
@@ -107,12 +122,30 @@ def main() -> None:
             "evaluate_process_peak_rss_mb": round(evaluate["peak_rss_mb"]),
         },
         "detect": {"test_lines": n_test, **detect},
+        "settings": extra,
+        "partition": _partition_summary(work / "bundle"),
         "work_dir": str(work),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))
+
+
+def _partition_summary(bundle: Path) -> dict[str, object]:
+    """The proposed and certified domains, and the proposer's own figures (LLM: calls, time)."""
+    proposed = json.loads((bundle / "partition.json").read_text())
+    report = json.loads((bundle / "report.json").read_text())
+    details = {k: v for k, v in proposed.get("details", {}).items() if k != "repairs"}
+    kinds = report["domains"]
+    return {
+        "proposer": proposed["proposer"],
+        "proposed_domains": sorted(d for d in proposed["domains"] if d != "UNIVERSAL_NORMAL"),
+        "certified": kinds,
+        "pure_domains": sum(1 for k in kinds.values() if k == "pure_anomaly"),
+        "mixed_domains": sum(1 for k in kinds.values() if k == "mixed"),
+        "details": details,
+    }
 
 
 def _cpus() -> int:

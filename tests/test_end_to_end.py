@@ -16,6 +16,7 @@ import pytest
 import fame.api as fame
 from fame.cli import main
 from fame.evaluation.evaluate import EvaluationResult
+from fame.logs import read_records
 
 SMALL = {"k": 20, "phase1_max_steps": 20, "seed": 0}
 TEST_LINES = 300  # 15% of 2,000
@@ -53,12 +54,17 @@ def test_detections_file_one_per_line_in_order(run: EvaluationResult) -> None:
         assert set(r) >= {"line", "anomaly", "score", "domain", "route", "event_id", "template"}
         assert 0.0 <= r["score"] <= 1.0
         assert r["anomaly"] == (r["score"] >= 0.5)
-        assert r["route"] in {"universal_normal", "pure_anomaly", "expert"}
+        assert r["route"] in {"universal_normal", "pure_anomaly", "expert", "novel"}
         if r["route"] == "universal_normal":
             assert r["domain"] is None
-        else:
+        elif r["route"] in {"pure_anomaly", "expert"}:
             assert r["domain"]
         assert (r["event_id"] is None) == (r["template"] is None)
+        # Never-seen templates are marked novel and decided by the novelty path.
+        assert r["novel"] == (r["event_id"] is None)
+        assert (r["route"] == "novel") == r["novel"]
+        if r["route"] == "novel" and not r["anomaly"]:
+            assert r["domain"] is None
 
 
 def test_bundle_holds_no_pickle_and_reloads_identically(
@@ -100,6 +106,65 @@ def test_detect_cli_keeps_every_line(
     assert [r["line"] for r in rows] == list(range(1, 25))
     assert rows[5]["malformed"] and rows[6]["malformed"]
     assert not rows[0]["malformed"]
+
+
+def test_novelty_path_is_trained_and_beats_the_routing_on_new_templates(
+    run: EvaluationResult, bgl_2k: Path
+) -> None:
+    bundle = run.out / "bundle"
+    novelty = json.loads((bundle / "novelty.json").read_text())
+    assert novelty["report"]["templates"] > 10
+    assert 0.0 < novelty["threshold"] < 1.0
+    m = run.metrics
+    assert m["detection"]["novelty"] is True
+    novel = m["unseen_by_route"]["novel"]
+    assert novel["tp"] + novel["fn"] == m["unseen_anomalies"]
+    # The same bundle without the novelty path: the paper's routing decides new templates.
+    paper = fame.load(bundle, novelty=False)
+    records = [r for r in read_records(_test_region(run, bgl_2k), paper.format)]
+    routed = list(paper.detect_records(records))
+    assert all(d.route.value != "novel" for d in routed)
+    assert [d.novel for d in routed] == [d.event_id is None for d in routed]
+    caught = sum(d.anomaly for d, r in zip(routed, records, strict=True) if r.label and d.novel)
+    assert novel["tp"] >= caught
+
+
+def test_triage_verdicts_apply_after_the_first_lines_and_persist(
+    run: EvaluationResult, bgl_2k: Path, tmp_path: Path
+) -> None:
+    from fame.detector import Detector
+    from fame.llm import RecordingClient
+    from fame.llm.providers import LLMResponse
+    from fame.triage import Triage, TriageState, context_from_bundle
+
+    class AlwaysAnomalous:
+        """A model that calls every new template a tree-network failure."""
+
+        name, model, remote = "local", "scripted.gguf", False
+
+        def complete(self, messages: Any, *, schema: Any = None, max_tokens: int = 0) -> Any:
+            text = '{"verdict": "anomalous", "domain": "TREE_NETWORK", "reason": "x"}'
+            return LLMResponse(text, "local", "scripted.gguf", 0.01)
+
+    bundle = run.out / "bundle"
+    state = TriageState(tmp_path / "triage.json")
+    context = context_from_bundle(bundle)
+    assert context.domains and context.normal_examples
+    triage = Triage(state, RecordingClient(AlwaysAnomalous(), None), context, background=False)
+    detector = Detector.load(bundle, triage=triage)
+    records = list(read_records(_test_region(run, bgl_2k), detector.format))
+    first = detector.detect_batch(records)
+    triage.process_pending()
+    second = detector.detect_batch(records)
+    novel = [i for i, d in enumerate(first) if d.novel]
+    assert novel, "BGL_2k's test region has lines of new templates"
+    assert all(first[i].route.value == "novel" for i in novel)
+    assert all(second[i].route.value == "triage" and second[i].anomaly for i in novel)
+    assert all(second[i].verdict_source == "llm" for i in novel)
+    known = [i for i, d in enumerate(first) if not d.novel]
+    assert [second[i] for i in known] == [first[i] for i in known]
+    triage.close()
+    assert len(TriageState(tmp_path / "triage.json").verdicts) == len(state.verdicts) > 0
 
 
 def _test_region(run: EvaluationResult, source: Path) -> Path:

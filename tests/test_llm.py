@@ -1,7 +1,8 @@
 """The LLM proposer (III-B1): prompts, redaction, validation and repair, cache and audit.
 
-Model answers come from ``tests/data/llm/bgl_2k_responses.json``: recorded and written
-answers for the real BGL_2k sample, replayed in order by :class:`ReplayProvider`. The
+Model answers come from ``tests/data/llm/bgl_2k_responses.json``: answers written for the
+real BGL_2k grouping prompt (a sound one and the faults the 1.5B local model makes), replayed
+in order by :class:`ReplayProvider`. The
 integration test against the real local model is in ``test_llm_integration.py``.
 """
 
@@ -253,7 +254,7 @@ def test_unusable_output_fails_with_a_clear_message_after_bounded_retries(
 def test_persisting_unknown_ids_are_dropped_after_the_retries(bgl_sample: KShotSample) -> None:
     provider = ReplayProvider([RESPONSES["unknown_ids"]] * 2)
     partition = _proposer(provider, retries=1, chunk_events=100).propose(bgl_sample)
-    assert partition.domains["DATA_TLB_ERROR"] == ["E4"]
+    assert partition.domains["DATA_TLB_ERROR"] == ["E10"]
     assert "E999" not in partition.event_ids
     assert any("unresolved" in note for note in partition.details["repairs"])
 
@@ -279,13 +280,50 @@ def test_chunks_are_merged_by_the_model(bgl_sample: KShotSample) -> None:
             json.dumps({"domains": [{"name": f"GROUP_{number}", "event_ids": anomalous}]})
         )
     merge = json.dumps(
-        {"domains": [{"name": "ALL_FAILURES", "members": [f"GROUP_{i}" for i in range(2)]}]}
+        {
+            "domains": [
+                {"name": "ALL_FAILURES", "members": ["GROUP_0", "GROUP_1"]},
+                *(
+                    {"name": f"GROUP_{i}", "members": [f"GROUP_{i}"]}
+                    for i in range(2, len(prompts))
+                ),
+            ]
+        }
     )
     provider = ReplayProvider([*answers, merge])
     partition = _proposer(provider, prompt_tokens=300).propose(bgl_sample)
     assert "ALL_FAILURES" in partition.domains
     assert "GROUP_0" not in partition.domains and "GROUP_1" not in partition.domains
     assert "merge" in provider.sent[-1][-1].content.lower()
+
+
+def test_an_invalid_merge_is_retried_then_falls_back_to_equal_names(
+    bgl_sample: KShotSample,
+) -> None:
+    prompts, _ = _proposer(ReplayProvider([]), prompt_tokens=300).plan(bgl_sample)
+    answers = []
+    for number, messages in enumerate(prompts):
+        ids = re.findall(r"^(E\d+) \| lines=\d+ \| labels=(\S+)", messages[-1].content, re.M)
+        anomalous = [e for e, label in ids if "ANOMALY" in label]
+        answers.append(
+            json.dumps({"domains": [{"name": f"GROUP_{number % 2}", "event_ids": anomalous}]})
+        )
+    # GROUP_0 twice, GROUP_1 in no list: the answer breaks the merge rule.
+    bad = json.dumps(
+        {
+            "domains": [
+                {"name": "A", "members": ["GROUP_0"]},
+                {"name": "B", "members": ["GROUP_0"]},
+            ]
+        }
+    )
+    provider = ReplayProvider([*answers, bad, bad, bad])
+    partition = _proposer(provider, prompt_tokens=300, retries=2).propose(bgl_sample)
+    assert "A" not in partition.domains and "B" not in partition.domains
+    assert {"GROUP_0", "GROUP_1"} <= set(partition.domains)  # equal names merged
+    retry = provider.sent[-1][-1].content
+    assert "GROUP_0 is in the members of both A and B" in retry
+    assert "in no members list: GROUP_1" in retry
 
 
 # -- cache and audit -------------------------------------------------------------------------
@@ -374,7 +412,7 @@ def test_dry_run_prints_the_redacted_prompt_and_sends_nothing(
     document = json.loads(capsys.readouterr().out)
     assert document["redacted"] is True
     text = document["calls"][0][1]["content"]
-    assert "E4 |" in text and not re.search(r"\b(?:\d{1,3}\.){3}\d{1,3}\b", text)
+    assert "E10 |" in text and not re.search(r"\b(?:\d{1,3}\.){3}\d{1,3}\b", text)
     assert DryRunProvider("openai", "m", "http://127.0.0.1:8080/v1").remote is False
 
 

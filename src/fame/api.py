@@ -33,10 +33,19 @@ def setup(
 
 
 def load(
-    bundle: str | Path, *, cache_size: int = 100_000, route_known_templates: bool = True
+    bundle: str | Path,
+    *,
+    cache_size: int = 100_000,
+    route_known_templates: bool = True,
+    novelty: bool = True,
 ) -> Detector:
-    """Load a bundle for detection (see :class:`Settings` for the two options)."""
-    return Detector.load(bundle, cache_size=cache_size, route_known_templates=route_known_templates)
+    """Load a bundle for detection (see :class:`Settings` for the options)."""
+    return Detector.load(
+        bundle,
+        cache_size=cache_size,
+        route_known_templates=route_known_templates,
+        novelty=novelty,
+    )
 
 
 def detect(

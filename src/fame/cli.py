@@ -129,6 +129,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", default=None, help="GGUF path to write (default: ~/.cache/fame/models/...)"
     )
 
+    triage = sub.add_parser(
+        "triage", parents=[common], help="list or set verdicts on never-seen templates"
+    )
+    triage.add_argument("action", choices=("list", "set"), help="list verdicts, or set one")
+    triage.add_argument("template", nargs="?", help="set: a new template's id (N3) or text")
+    triage.add_argument("verdict", nargs="?", choices=("normal", "anomalous"), help="set: it")
+    triage.add_argument("--domain", help="set: the failure domain of an anomalous template")
+    where = triage.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state", help="the triage state file")
+    where.add_argument("--bundle", help="the bundle (its default state file BUNDLE.triage.json)")
+
     evaluate = sub.add_parser(
         "evaluate", parents=[common], help="chronological split, setup, detection, metrics"
     )
@@ -136,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", required=True, help="directory for bundle and metrics")
     evaluate.add_argument(
         "--test-fraction", type=float, default=0.15, help="last share of lines held out (0.15)"
+    )
+    evaluate.add_argument(
+        "--bundle",
+        default=None,
+        help="skip setup and detect with this bundle (from an earlier evaluate of the same log "
+        "and split), to compare detection settings",
     )
     _add_settings(evaluate, FORMAT, SETUP, DETECT)
     return parser
@@ -195,10 +212,17 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         raise InputError("--offset-file records where --follow got to; add --follow")
     store = OffsetStore(args.offset_file) if args.offset_file else None
     saved = store.load_for(args.log) if store is not None else None
+    triage = None
+    if settings.triage:
+        from fame.triage import build_triage
+
+        triage = build_triage(args.bundle, settings)
     detector = Detector.load(
         args.bundle,
         cache_size=settings.cache_size,
         route_known_templates=settings.route_known_templates,
+        novelty=settings.novelty,
+        triage=triage,
     )
     stats = ReadStats()
     stop = threading.Event()
@@ -255,6 +279,8 @@ def _cmd_detect(args: argparse.Namespace) -> int:
             )
     finally:
         stop.set()
+        if triage is not None:
+            triage.close()
         if sink is not sys.stdout:
             sink.close()
     if loop.stopped:
@@ -305,6 +331,35 @@ def _cmd_partition(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_triage(args: argparse.Namespace) -> int:
+    from fame.triage import TriageState, default_state_path, set_operator_verdict
+
+    path = Path(args.state) if args.state else default_state_path(args.bundle)
+    if not path.is_file():
+        raise InputError(
+            f"no triage state at {path}; it is written by 'fame detect --triage' (or give "
+            "--state PATH)"
+        )
+    state = TriageState(path)
+    if args.action == "set":
+        if not args.template or not args.verdict:
+            raise InputError("usage: fame triage set TEMPLATE normal|anomalous [--domain NAME]")
+        entry = set_operator_verdict(state, args.template, args.verdict, args.domain)
+        sys.stdout.write(f"{entry.template_id}: {args.verdict} (confirmed)\n")
+        return EXIT_OK
+    for template_id, template in sorted(
+        state.templates.items(), key=lambda item: int(item[0].lstrip("N") or 0)
+    ):
+        verdict = state.verdicts.get(template_id)
+        if verdict is None:
+            status = "no verdict (novelty path)"
+        else:
+            kind = f"anomalous {verdict.domain or ''}".strip() if verdict.anomalous else "normal"
+            status = f"{kind} [{verdict.source}{', confirmed' if verdict.confirmed else ''}]"
+        sys.stdout.write(f"{template_id}\t{status}\t{template}\n")
+    return EXIT_OK
+
+
 def _cmd_local_model(args: argparse.Namespace) -> int:
     from fame.llm import DEFAULT_LOCAL_MODEL
     from fame.llm.model_files import LOCAL_MODEL_NAME, assemble_local_model
@@ -326,6 +381,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         args.out,
         test_fraction=args.test_fraction,
         progress=not args.quiet,
+        bundle=args.bundle,
     )
     sys.stdout.write(format_metrics_table(result.metrics) + "\n")
     sys.stdout.write(f"metrics written to {result.out / 'metrics.json'}\n")
@@ -344,6 +400,7 @@ COMMANDS = {
     "evaluate": _cmd_evaluate,
     "partition": _cmd_partition,
     "local-model": _cmd_local_model,
+    "triage": _cmd_triage,
 }
 
 

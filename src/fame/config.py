@@ -83,30 +83,34 @@ class Settings:
     )
     llm_provider: str = _opt(
         "local",
-        "llm proposer: 'local' (GGUF in this process, nothing leaves the machine), 'openai' "
+        "llm: 'local' (GGUF in this process, nothing leaves the machine), 'openai' "
         "(any OpenAI-compatible server) or 'anthropic'",
         SETUP,
+        DETECT,
         choices=("local", "openai", "anthropic"),
     )
     llm_model: str | None = _opt(
         None,
-        "llm proposer: model name, or for 'local' a GGUF path (default: Qwen2.5-Coder-1.5B "
+        "llm: model name, or for 'local' a GGUF path (default: Qwen2.5-Coder-1.5B "
         "assembled from its PyPI parts under ~/.cache/fame/models)",
         SETUP,
+        DETECT,
     )
     llm_base_url: str | None = _opt(
         None,
-        "llm proposer: API root of an OpenAI-compatible server, e.g. http://host:8000/v1",
+        "llm: API root of an OpenAI-compatible server, e.g. http://host:8000/v1",
         SETUP,
+        DETECT,
     )
     llm_key_env: str | None = _opt(
         None,
-        "llm proposer: environment variable holding the API key (default OPENAI_API_KEY or "
+        "llm: environment variable holding the API key (default OPENAI_API_KEY or "
         "ANTHROPIC_API_KEY); keys are never read from options or written anywhere",
         SETUP,
+        DETECT,
     )
-    llm_timeout: float = _opt(600.0, "llm proposer: seconds per remote request", SETUP)
-    llm_context_tokens: int = _opt(8192, "llm proposer: context window of the local model", SETUP)
+    llm_timeout: float = _opt(600.0, "llm: seconds per remote request", SETUP, DETECT)
+    llm_context_tokens: int = _opt(8192, "llm: context window of the local model", SETUP, DETECT)
     llm_prompt_tokens: int = _opt(
         5000,
         "llm proposer: token budget of one grouping prompt; larger listings are split into "
@@ -133,6 +137,7 @@ class Settings:
         "rules applied to log text sent to a remote provider: 'all', 'none' or a list of "
         "url,email,user,mac,ip,path,host,node,hex,number",
         SETUP,
+        DETECT,
     )
     llm_redact_extra: str | None = _opt(
         None, "extra regular expressions to redact, separated by ';;'", SETUP
@@ -141,6 +146,7 @@ class Settings:
         "~/.cache/fame/llm",
         "directory of cached model answers (by request hash); '' turns the cache off",
         SETUP,
+        DETECT,
     )
     tfidf_threshold: float = _opt(
         0.5, "tfidf proposer: cosine similarity needed to share a domain", SETUP
@@ -189,6 +195,36 @@ class Settings:
         choices=("middle", "highest"),
     )
 
+    # -- lines of never-seen templates (beyond the paper) ----------------------------------
+    novelty: bool = _opt(
+        True,
+        "train (setup) and use (detect) the calibrated decision for lines of templates never "
+        "seen offline (--no-novelty: the paper's routing decides them)",
+        SETUP,
+        DETECT,
+    )
+    novel_min_recall: float = _opt(
+        0.9,
+        "novelty path operating point: recall floor on held-out templates' anomalies in the "
+        "template-level cross-validation (higher catches more new failures, with more alerts)",
+        SETUP,
+    )
+
+    triage: bool = _opt(
+        False,
+        "ask the LLM (--llm-provider, local by default) once per never-seen template for a "
+        "verdict, in the background; lines before the verdict use the novelty path",
+        DETECT,
+    )
+    triage_state: str | None = _opt(
+        None,
+        "triage state file (verdicts and new templates; default: BUNDLE.triage.json beside "
+        "the bundle); a restart reuses it",
+        DETECT,
+    )
+    triage_calls_per_minute: int = _opt(30, "triage: most LLM calls per minute", DETECT)
+    triage_budget: int = _opt(500, "triage: most LLM calls per process", DETECT)
+
     # -- detection -------------------------------------------------------------------------
     batch_size: int = _opt(256, "lines per detection batch", DETECT)
     cache_size: int = _opt(
@@ -229,6 +265,8 @@ class Settings:
             "llm_context_tokens",
             "llm_prompt_tokens",
             "llm_chunk_events",
+            "triage_calls_per_minute",
+            "triage_budget",
             "llm_max_output_tokens",
             "llm_max_normal_events",
         )
@@ -246,7 +284,13 @@ class Settings:
             raise ConfigError(f"setting cache_size must be >= 0, got {self.cache_size}")
         if not isinstance(self.threads, int) or self.threads < 0:
             raise ConfigError(f"setting threads must be an integer >= 0, got {self.threads!r}")
-        for name in ("drain_sim_th", "tfidf_threshold", "max_pure_similarity", "min_recall"):
+        for name in (
+            "drain_sim_th",
+            "tfidf_threshold",
+            "max_pure_similarity",
+            "min_recall",
+            "novel_min_recall",
+        ):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:
                 raise ConfigError(f"setting {name} must lie in [0, 1], got {value!r}")

@@ -15,7 +15,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,9 +29,13 @@ from fame.logs.formats import format_from_json
 from fame.models.encoder import load_saved_encoder, tokenize
 from fame.models.heads import load_heads
 from fame.models.trunk import Trunk
+from fame.novelty import NoveltyModel, pooled_from_batch
 from fame.parsing import TemplateParser
 from fame.partition import UNIVERSAL_NORMAL
 from fame.result import Detection, Route
+
+if TYPE_CHECKING:
+    from fame.triage import Triage
 
 logger = logging.getLogger(__name__)
 
@@ -46,9 +50,11 @@ def expert_head_name(domain: str) -> str:
     return f"expert/{domain}"
 
 
-# A line's cache key: its model-visible text and, when known templates are routed by the
-# certified partition, the domain that routing fixes (None: the gate and selector decide).
-_Key = tuple[str, str | None]
+# A line's cache key: its model-visible text; when known templates are routed by the
+# certified partition, the domain that routing fixes (None: the gate and selector decide);
+# for a line of a never-seen template decided by the novelty path, its categorical field
+# values (None otherwise).
+_Key = tuple[str, str | None, tuple[str, ...] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,10 @@ class Detector:
         route_known_templates: Route a line that matches a frozen template to that template's
             certified domain instead of asking the gate and selector; the learned router then
             serves only never-seen templates.
+        novelty: The calibrated decision for lines of never-seen templates (None: the
+            paper's routing decides them).
+        triage: Per-template verdicts for never-seen templates (LLM or operator), applied
+            on top of the novelty path once a template has one.
     """
 
     def __init__(
@@ -102,6 +112,8 @@ class Detector:
         max_tokens: int,
         cache_size: int = 100_000,
         route_known_templates: bool = True,
+        novelty: NoveltyModel | None = None,
+        triage: Triage | None = None,
     ) -> None:
         self.root = root
         self.format = fmt
@@ -117,6 +129,11 @@ class Detector:
         self.max_tokens = max_tokens
         self.cache_size = cache_size
         self.route_known_templates = route_known_templates
+        self.novelty = novelty
+        self.triage = triage
+        self.categorical_fields = tuple(
+            name for name in fmt.model_fields if name != fmt.parse_field
+        )
         self._cache: OrderedDict[_Key, _Verdict] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
@@ -125,9 +142,22 @@ class Detector:
 
     @classmethod
     def load(
-        cls, root: str | Path, *, cache_size: int = 100_000, route_known_templates: bool = True
+        cls,
+        root: str | Path,
+        *,
+        cache_size: int = 100_000,
+        route_known_templates: bool = True,
+        novelty: bool = True,
+        triage: Triage | None = None,
     ) -> Detector:
         """Load a bundle written by ``fame setup``.
+
+        Args:
+            root: The bundle directory.
+            cache_size: Result cache size (0 = off).
+            route_known_templates: See the class.
+            novelty: Use the bundle's novelty path when it has one.
+            triage: Per-template verdicts to apply (see :mod:`fame.triage`).
 
         Raises:
             BundleError: the bundle is missing, incomplete, corrupt or of another version.
@@ -166,6 +196,9 @@ class Detector:
             )
         for head in heads.values():
             head.eval()
+        novelty_model = None
+        if novelty and (path / "novelty.json").is_file():
+            novelty_model = NoveltyModel.from_json(bundle_io.read_json(path / "novelty.json"))
         return cls(
             root=path,
             fmt=fmt,
@@ -181,6 +214,8 @@ class Detector:
             max_tokens=int(settings["max_tokens"]),
             cache_size=cache_size,
             route_known_templates=route_known_templates,
+            novelty=novelty_model,
+            triage=triage,
         )
 
     # -- public API --------------------------------------------------------------------------
@@ -233,9 +268,16 @@ class Detector:
             forced = None
             if self.route_known_templates and template is not None:
                 forced = self.partition.domain_of(template.event_id)
-            keys.append((record.text, forced))
+            novel_fields = None
+            if template is None and self.novelty is not None:
+                novel_fields = tuple(record.fields.get(f, "") for f in self.categorical_fields)
+            keys.append((record.text, forced, novel_fields))
         out = []
         for record, template, verdict in zip(batch, templates, self._verdicts(keys), strict=True):
+            source = None
+            if template is None and self.triage is not None:
+                # Per-template verdicts change over time, so they are applied after the cache.
+                verdict, source = self._apply_triage(record, verdict)
             out.append(
                 Detection(
                     line=record.line_no,
@@ -248,9 +290,27 @@ class Detector:
                     raw_score=verdict.raw_score,
                     gate=verdict.gate,
                     malformed=record.malformed,
+                    novel=template is None,
+                    verdict_source=source,
                 )
             )
         return out
+
+    def _apply_triage(self, record: LogRecord, verdict: _Verdict) -> tuple[_Verdict, str | None]:
+        """Override a novel line's verdict by its template's triage verdict, if there is one."""
+        assert self.triage is not None
+        known = self.triage.verdict_for(record.content, record.text)
+        if known is None:
+            return verdict, None
+        if known.anomalous:
+            domain = known.domain or verdict.domain
+            score = max(verdict.score, 0.5)
+        else:
+            domain, score = None, min(verdict.score, 0.49)
+        return (
+            _Verdict(known.anomalous, score, verdict.raw_score, verdict.gate, Route.TRIAGE, domain),
+            known.source,
+        )
 
     def _verdicts(self, keys: Sequence[_Key]) -> list[_Verdict]:
         """Verdicts for a batch, scoring each distinct uncached (text, route) once."""
@@ -293,7 +353,7 @@ class Detector:
         return trunk(enc["input_ids"], mask), mask
 
     def _score_chunk(self, keys: list[_Key]) -> list[_Verdict]:
-        texts = [text for text, _ in keys]
+        texts = [key[0] for key in keys]
         hidden, mask = self._hidden(self.trunk, self.tokenizer, texts)
         if self.router_trunk is self.trunk:
             r_hidden, r_mask = hidden, mask
@@ -307,7 +367,7 @@ class Detector:
         else:
             gate = np.zeros(n, dtype=np.float32)
         routed = np.flatnonzero(
-            (gate >= GATE_THRESHOLD) & np.array([forced is None for _, forced in keys])
+            (gate >= GATE_THRESHOLD) & np.array([key[1] is None for key in keys])
         )
 
         # Selector: which expert domain (III-C2); trivial when there is only one.
@@ -353,7 +413,40 @@ class Detector:
                     verdicts[i] = self._verdict(
                         float(raw[j]), threshold, float(gate[i]), Route.EXPERT, domain
                     )
+        novel = [i for i in range(n) if keys[i][2] is not None]
+        if novel and self.novelty is not None:
+            self._novelty_verdicts(novel, keys, hidden, mask, gate, verdicts)
         return [v for v in verdicts if v is not None]
+
+    def _novelty_verdicts(
+        self,
+        rows: list[int],
+        keys: list[_Key],
+        hidden: Any,
+        mask: Any,
+        gate: Any,
+        verdicts: list[_Verdict | None],
+    ) -> None:
+        """Decide lines of never-seen templates by the calibrated novelty path."""
+        assert self.novelty is not None
+        embeddings = pooled_from_batch(hidden[rows], mask[rows])
+        fields = [keys[i][2] or () for i in rows]
+        probabilities = self.novelty.probability(embeddings, fields)
+        nearest = self.novelty.nearest(embeddings, anomalous_only=True)
+        threshold = self.novelty.threshold
+        for j, i in enumerate(rows):
+            p = float(probabilities[j])
+            routed = verdicts[i]
+            domain = None
+            if p >= threshold:
+                # Name the failure domain: where the router sent the line, else the domain of
+                # the nearest template with anomalous K-shot lines.
+                if routed is not None and routed.domain is not None:
+                    domain = routed.domain
+                elif nearest[j] is not None:
+                    candidate = self.partition.domain_of(nearest[j] or "")
+                    domain = None if candidate == UNIVERSAL_NORMAL else candidate
+            verdicts[i] = self._verdict(p, threshold, float(gate[i]), Route.NOVEL, domain)
 
     @staticmethod
     def _verdict(

@@ -208,6 +208,27 @@ class TemplateParser:
         )
         return event_ids
 
+    def learn_one(self, content: str) -> Template:
+        """Add one line online and return its (possibly new or generalised) template.
+
+        Used for templates never seen offline (:mod:`fame.triage`), one line at a time and
+        without a log line per call.
+
+        Args:
+            content: Raw content of one line.
+
+        Returns:
+            The line's template after adding it.
+        """
+        cluster, _ = self._drain.add_log_message(self._masker.mask(content))
+        self._templates = None
+        self._reset_cache()
+        return Template(
+            event_id=_event_id(cluster.cluster_id),
+            template=cluster.get_template(),
+            size=int(cluster.size),
+        )
+
     # -- matching ------------------------------------------------------------------------
 
     def _reset_cache(self) -> None:

@@ -13,6 +13,11 @@ class Route(enum.StrEnum):
     UNIVERSAL_NORMAL = "universal_normal"
     PURE_ANOMALY = "pure_anomaly"
     EXPERT = "expert"
+    #: Beyond the paper: a line of a never-seen template decided by the novelty path.
+    NOVEL = "novel"
+    #: Beyond the paper: a line of a never-seen template decided by a per-template verdict
+    #: (from the LLM or an operator), see :mod:`fame.triage`.
+    TRIAGE = "triage"
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +38,9 @@ class Detection:
             UNIVERSAL_NORMAL score, or the gate probability on the pure-anomaly path).
         gate: The gate's probability that the line belongs to an expert domain.
         malformed: The line did not fit the log format and was scored as raw text.
+        novel: The line matched no frozen template (its template was never seen offline).
+        verdict_source: On the triage route, who gave the template's verdict (``llm`` or
+            ``operator``); None otherwise.
     """
 
     line: int
@@ -45,6 +53,8 @@ class Detection:
     raw_score: float
     gate: float
     malformed: bool = False
+    novel: bool = False
+    verdict_source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (the JSON Lines schema of ``fame detect``)."""

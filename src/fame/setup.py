@@ -33,6 +33,7 @@ from fame.models.encoder import load_encoder, load_tokenizer, resolve_encoder, s
 from fame.models.heads import save_heads
 from fame.models.phase1 import adapt_mlm
 from fame.models.trunk import Trunk
+from fame.novelty import fit_novelty, mean_pool
 from fame.parsing import TemplateParser
 from fame.partition import UNIVERSAL_NORMAL, Partition, Proposer, get_proposer
 from fame.partition.file import write_partition_file
@@ -57,12 +58,19 @@ class OfflineData:
     contents: list[str] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     labels: list[bool | None] = field(default_factory=list)
+    #: Per line, the values of the format's categorical fields (model fields other than
+    #: the parsed text, e.g. BGL's component and level), for the novelty path.
+    field_values: list[tuple[str, ...]] = field(default_factory=list)
+    categorical_fields: tuple[str, ...] = ()
 
     def append(self, record: LogRecord) -> None:
         """Add one record."""
         self.contents.append(record.content)
         self.texts.append(record.text)
         self.labels.append(record.label)
+        self.field_values.append(
+            tuple(record.fields.get(name, "") for name in self.categorical_fields)
+        )
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -88,13 +96,18 @@ def make_format(settings: Settings) -> LogFormat:
     )
 
 
+def categorical_fields(fmt: LogFormat) -> tuple[str, ...]:
+    """The format's categorical fields: its model fields other than the parsed text."""
+    return tuple(name for name in fmt.model_fields if name != fmt.parse_field)
+
+
 def read_offline(
     sources: Sequence[str | Path], settings: Settings, *, stats: ReadStats | None = None
 ) -> OfflineData:
     """Read the offline region from one or more files (in the given order)."""
     fmt = make_format(settings)
     labels = load_label_csv(settings.labels_csv) if settings.labels_csv else None
-    data = OfflineData()
+    data = OfflineData(categorical_fields=categorical_fields(fmt))
     for source in sources:
         for record in read_records(
             source, fmt, labels=labels, max_line_chars=settings.max_line_chars, stats=stats
@@ -339,6 +352,21 @@ def build_bundle(
     with timer.stage("calibration"):
         calibration = _calibrate(sample, certified, heads, states, router_states, routing, settings)
 
+    # Beyond the paper: the calibrated decision for lines of never-seen templates.
+    novelty_model = None
+    if settings.novelty:
+        with timer.stage("novelty"):
+            kshot = sample.lines()
+            novelty_model = fit_novelty(
+                mean_pool(states.get([ln.text for ln in kshot])),
+                [ln.event_id for ln in kshot],
+                [ln.label for ln in kshot],
+                [data.field_values[ln.index] for ln in kshot],
+                list(data.categorical_fields),
+                min_recall=settings.novel_min_recall,
+                seed=settings.seed,
+            )
+
     # The bundle: everything detection needs, nothing it must not run.
     with timer.stage("bundle"):
         save_encoder(encoder, tokenizer, out_dir / "encoder")
@@ -356,6 +384,8 @@ def build_bundle(
         bundle_io.write_json(out_dir / "certification.json", certified.to_json())
         bundle_io.write_json(out_dir / "calibration.json", calibration)
         bundle_io.write_json(out_dir / "routing.json", routing)
+        if novelty_model is not None:
+            bundle_io.write_json(out_dir / "novelty.json", novelty_model.to_json())
         report = {
             "offline_lines": len(data),
             "templates": len(templates),
@@ -364,6 +394,7 @@ def build_bundle(
             "expert_domains": expert_domains,
             "phase1": phase1_info,
             "training": {name: _as_dict(r) for name, r in reports.items()},
+            "novelty": novelty_model.report if novelty_model is not None else None,
             "stages": timer.stages,
         }
         bundle_io.write_json(out_dir / "report.json", report)

@@ -78,6 +78,7 @@ class Evaluation:
     by_route: dict[str, Confusion] = field(default_factory=dict)
     by_domain: dict[str, Confusion] = field(default_factory=dict)
     unseen_anomaly_routes: Counter[str] = field(default_factory=Counter)
+    unseen_by_route: dict[str, Confusion] = field(default_factory=dict)
     scores: list[float] = field(default_factory=list)
     labels: list[bool] = field(default_factory=list)
     unlabelled: int = 0
@@ -97,6 +98,7 @@ class Evaluation:
         )
         if detection.event_id is None:
             self.unseen.add(detection.anomaly, label)
+            self.unseen_by_route.setdefault(route, Confusion()).add(detection.anomaly, label)
             if label:
                 self.unseen_anomaly_routes[detection.domain or route] += 1
 
@@ -121,6 +123,8 @@ class Evaluation:
             "unseen_anomaly_share": unseen_anomalies / anomalies if anomalies else 0.0,
             "unseen_recall": self.unseen.recall,
             "unseen_anomaly_routes": dict(self.unseen_anomaly_routes.most_common()),
+            # Recall on unseen-template anomalies under each mechanism that decided them.
+            "unseen_by_route": {k: v.to_json() for k, v in sorted(self.unseen_by_route.items())},
             "by_route": {k: v.to_json() for k, v in sorted(self.by_route.items())},
             "by_domain": {k: v.to_json() for k, v in sorted(self.by_domain.items())},
         }

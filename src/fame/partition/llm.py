@@ -4,9 +4,10 @@ How the prompt is built (the strategy the issue asks to write down):
 
 1. **What goes in.** Every EventID with a HasAnomalySignal is listed, with its template,
    offline line count, both signals and its representative lines. Normal-only EventIDs are
-   listed (template, count and signals, no example lines) only when they share vocabulary
-   with an anomaly-bearing one (TF-IDF cosine at least ``related_similarity``), at most
-   ``max_normal_events`` of them, most similar first: these are the normal messages of the
+   listed (template, count and signals, no example lines) only when their template shares
+   vocabulary with an anomaly-bearing one's (TF-IDF cosine at least ``related_similarity``),
+   at most ``MAX_RELATED_PER_ANOMALY`` per anomaly-bearing EventID and ``max_normal_events``
+   in all, most similar first: these are the normal messages of the
    same subsystems, which the model needs to see to keep them out of failure domains or to
    group them with their mixed siblings. Every other EventID goes to UNIVERSAL_NORMAL
    without being shown, as the paper's default for unassigned EventIDs.
@@ -48,7 +49,7 @@ from fame.llm.cache import RecordingClient
 from fame.llm.providers import LLMError, Message
 from fame.llm.redaction import Redactor
 from fame.partition.base import DOMAIN_NAME_PATTERN, UNIVERSAL_NORMAL, Partition
-from fame.partition.tfidf import _cosine, _event_document, fit_tfidf
+from fame.partition.tfidf import _cosine, fit_tfidf
 from fame.sampling import EventStats, KShotSample
 
 logger = logging.getLogger(__name__)
@@ -63,9 +64,8 @@ Below are log message templates, one per line, each with its EventID, how many l
 had, and whether labelled examples of it were NORMAL, ANOMALY or both.
 
 Group the EventIDs into failure domains by failure mechanism: the subsystem or the cause
-(for example memory errors, network link failures, file system mount failures). Ignore
-boilerplate that says nothing about the mechanism: severity words, node names, numbers,
-addresses and hex payloads.
+that the templates themselves name. Ignore boilerplate that says nothing about the
+mechanism: severity words, node names, numbers, addresses and hex payloads.
 
 Rules:
 - You decide how many domains there are. A domain may have a single EventID.
@@ -292,7 +292,9 @@ def select_events(
     others = [e for e in event_ids if not sample.events[e].has_anomaly]
     if not anomalous:
         return [], event_ids
-    documents = [_event_document(sample.events[e]) for e in event_ids]
+    # Templates only: the example lines carry the component and level ("KERNEL INFO"),
+    # which every EventID of a subsystem shares whatever its mechanism.
+    documents = [sample.events[e].template for e in event_ids]
     matrix, _, _ = fit_tfidf(documents)
     similarity = _cosine(matrix)
     row = {e: i for i, e in enumerate(event_ids)}
@@ -304,12 +306,15 @@ def select_events(
         if sims[best] >= related_similarity:
             candidates.append((float(sims[best]), event_id, anomalous[best]))
     candidates.sort(key=lambda item: (-item[0], item[1]))
-    chosen = candidates[:max_normal_events]
     groups = {e: [e] for e in anomalous}
-    for _, event_id, anchor in chosen:
+    shown = 0
+    for _, event_id, anchor in candidates:
+        if shown >= max_normal_events or len(groups[anchor]) > MAX_RELATED_PER_ANOMALY:
+            continue
         groups[anchor].append(event_id)
-    shown = {e for group in groups.values() for e in group}
-    return list(groups.values()), [e for e in event_ids if e not in shown]
+        shown += 1
+    added = {e for group in groups.values() for e in group}
+    return list(groups.values()), [e for e in event_ids if e not in added]
 
 
 def _signals(stats: EventStats) -> str:
@@ -317,6 +322,9 @@ def _signals(stats: EventStats) -> str:
         return "NORMAL+ANOMALY"
     return "ANOMALY" if stats.has_anomaly else ("NORMAL" if stats.has_normal else "UNLABELLED")
 
+
+#: Most normal-only EventIDs shown beside one anomaly-bearing EventID (the most similar).
+MAX_RELATED_PER_ANOMALY = 4
 
 #: Longest template or example line shown in a prompt (characters); longer ones are cut.
 MAX_SHOWN_CHARS = 200
@@ -524,34 +532,76 @@ class LLMProposer:
             for name in expert_names
         )
         messages = [Message("system", SYSTEM_PROMPT), Message("user", MERGE_INSTRUCTIONS + listing)]
-        try:
-            response = self.client.complete(
-                messages,
-                purpose="merge",
-                schema=answer_schema("members", expert_names),
-                max_tokens=min(self.max_output_tokens, 256 + 40 * len(expert_names)),
-            )
-            data = extract_json(response.text)
-            merged: dict[str, list[str]] = {
-                UNIVERSAL_NORMAL: list(by_name.get(UNIVERSAL_NORMAL, []))
-            }
-            used: set[str] = set()
-            for entry in data.get("domains", []):
-                name = normalise_name(str(entry.get("name", "")))
-                if not name or not DOMAIN_NAME_PATTERN.match(name):
-                    continue
-                for member in entry.get("members", []):
-                    old = normalise_name(str(member))
-                    if old in by_name and old not in used and old != UNIVERSAL_NORMAL:
-                        used.add(old)
-                        merged.setdefault(name, []).extend(by_name[old])
-            for name in expert_names:  # names the merge answer forgot keep their domain
-                if name not in used:
-                    merged.setdefault(name, []).extend(by_name[name])
-            return merged
-        except (LLMError, ValueError, AttributeError, TypeError) as exc:
-            logger.warning("merge answer unusable (%s); merging domains of equal names", exc)
-            return by_name
+        conversation = list(messages)
+        for attempt in range(self.retries + 1):
+            try:
+                response = self.client.complete(
+                    conversation,
+                    purpose="merge" if attempt == 0 else f"merge retry {attempt}",
+                    schema=answer_schema("members", expert_names),
+                    max_tokens=min(self.max_output_tokens, 256 + 40 * len(expert_names)),
+                )
+            except LLMError as exc:
+                logger.warning("merge call failed (%s); merging domains of equal names", exc)
+                return by_name
+            merged, problems = parse_merge(response.text, by_name, expert_names)
+            self.client.calls[-1]["problems"] = problems
+            if not problems:
+                return merged
+            logger.warning("merge answer has problems: %s", "; ".join(problems))
+            conversation = [
+                *messages,
+                Message("assistant", response.text[:4000]),
+                Message(
+                    "user",
+                    "Your answer has these problems:\n- "
+                    + "\n- ".join(problems)
+                    + "\nAnswer again with the corrected JSON only.",
+                ),
+            ]
+        logger.warning("no valid merge answer; merging domains of equal names only")
+        return by_name
+
+
+def parse_merge(
+    text: str, by_name: dict[str, list[str]], expert_names: Sequence[str]
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Check a merge answer: every domain name in exactly one members list.
+
+    Returns:
+        The merged domains and the problems found (empty when the answer is valid).
+    """
+    try:
+        data = extract_json(text)
+    except ValueError as exc:
+        return {}, [str(exc)]
+    entries = data.get("domains") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return {}, ['the JSON must be {"domains": [{"name": ..., "members": [...]}]}']
+    merged: dict[str, list[str]] = {UNIVERSAL_NORMAL: list(by_name.get(UNIVERSAL_NORMAL, []))}
+    seen: dict[str, str] = {}
+    problems: list[str] = []
+    for entry in entries:
+        if not isinstance(entry, dict):
+            problems.append(f"{entry!r} is not an object with name and members")
+            continue
+        name = normalise_name(str(entry.get("name", "")))
+        if not name or not DOMAIN_NAME_PATTERN.match(name) or name == UNIVERSAL_NORMAL:
+            problems.append(f"{entry.get('name')!r} is not a usable domain name")
+            continue
+        for member in entry.get("members") or []:
+            old = normalise_name(str(member))
+            if old not in expert_names:
+                problems.append(f"{member!r} is not one of the domain names shown")
+            elif old in seen:
+                problems.append(f"{old} is in the members of both {seen[old]} and {name}")
+            else:
+                seen[old] = name
+                merged.setdefault(name, []).extend(by_name[old])
+    missing = [n for n in expert_names if n not in seen]
+    if missing:
+        problems.append(f"these domain names are in no members list: {', '.join(missing)}")
+    return merged, problems
 
 
 def proposer_from_settings(settings: Any, *, connect: bool = True) -> LLMProposer:
