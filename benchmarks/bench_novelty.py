@@ -8,7 +8,9 @@ replayed in time order under five detection settings:
   by the gate and selector (our default before the novelty path);
 - ``(b) + novelty path``;
 - ``(c) + LLM triage`` (no novelty path: lines before a verdict take the routing);
-- ``(d) novelty path + LLM triage`` (the answers of (c) are reused from the answer cache).
+- ``(d) novelty path + LLM triage`` (the answers of (c) are reused from the answer cache);
+- ``(c')`` and ``(d')``: as (c) and (d), but the model's verdicts are applied even when it
+  failed its validation on offline templates (``--triage-min-precision 0``).
 
 Writes a JSON file with every row's metrics and a Markdown table beside it::
 
@@ -33,6 +35,14 @@ ROWS = [
     ("(b) + novelty path", {"novelty": True, "triage": False}),
     ("(c) + LLM triage", {"novelty": False, "triage": True}),
     ("(d) novelty path + LLM triage", {"novelty": True, "triage": True}),
+    (
+        "(c') + LLM triage, verdicts applied unvalidated",
+        {"novelty": False, "triage": True, "triage_min_precision": 0.0},
+    ),
+    (
+        "(d') novelty path + LLM triage, unvalidated",
+        {"novelty": True, "triage": True, "triage_min_precision": 0.0},
+    ),
 ]
 
 
@@ -54,14 +64,14 @@ def main() -> None:
         settings = Settings(llm_model=args.llm_model, **changes)
         if changes.get("triage"):
             # A fresh state per row: verdicts must be earned during the replay.
-            state = run / f"triage-{name[:3].strip('()')}.json"
+            state = run / f"triage-{_slug(name)}.json"
             state.unlink(missing_ok=True)
             settings = settings.replace(triage_state=str(state))
         started = time.perf_counter()
         result = run_evaluate(
             args.log,
             settings,
-            run / f"rows/{name[:3].strip('() ')}",
+            run / f"rows/{_slug(name)}",
             test_fraction=args.test_fraction,
             progress=False,
             bundle=run / "bundle",
@@ -92,6 +102,12 @@ def main() -> None:
     out.write_text(json.dumps(document, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(rows))
     print(markdown(rows))
+
+
+def _slug(name: str) -> str:
+    """A file-name-safe short name of a row ("(c')" -> "c_")."""
+    head = name.split(")")[0] if name.startswith("(") else name
+    return "".join(ch if ch.isalnum() else "_" for ch in head.strip("( ")) or "row"
 
 
 def markdown(rows: list[dict[str, object]]) -> str:

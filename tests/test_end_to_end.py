@@ -17,6 +17,7 @@ import fame.api as fame
 from fame.cli import main
 from fame.evaluation.evaluate import EvaluationResult
 from fame.logs import read_records
+from fame.novelty import NoveltyModel
 
 SMALL = {"k": 20, "phase1_max_steps": 20, "seed": 0}
 TEST_LINES = 300  # 15% of 2,000
@@ -60,11 +61,8 @@ def test_detections_file_one_per_line_in_order(run: EvaluationResult) -> None:
         elif r["route"] in {"pure_anomaly", "expert"}:
             assert r["domain"]
         assert (r["event_id"] is None) == (r["template"] is None)
-        # Never-seen templates are marked novel and decided by the novelty path.
+        # Never-seen templates are marked novel (the novelty path is off on this run).
         assert r["novel"] == (r["event_id"] is None)
-        assert (r["route"] == "novel") == r["novel"]
-        if r["route"] == "novel" and not r["anomaly"]:
-            assert r["domain"] is None
 
 
 def test_bundle_holds_no_pickle_and_reloads_identically(
@@ -108,25 +106,31 @@ def test_detect_cli_keeps_every_line(
     assert not rows[0]["malformed"]
 
 
-def test_novelty_path_is_trained_and_beats_the_routing_on_new_templates(
+def test_novelty_path_is_calibrated_offline_and_gated_by_its_own_precision(
     run: EvaluationResult, bgl_2k: Path
 ) -> None:
     bundle = run.out / "bundle"
-    novelty = json.loads((bundle / "novelty.json").read_text())
-    assert novelty["report"]["templates"] > 10
-    assert 0.0 < novelty["threshold"] < 1.0
-    m = run.metrics
-    assert m["detection"]["novelty"] is True
-    novel = m["unseen_by_route"]["novel"]
-    assert novel["tp"] + novel["fn"] == m["unseen_anomalies"]
-    # The same bundle without the novelty path: the paper's routing decides new templates.
-    paper = fame.load(bundle, novelty=False)
-    records = [r for r in read_records(_test_region(run, bgl_2k), paper.format)]
-    routed = list(paper.detect_records(records))
-    assert all(d.route.value != "novel" for d in routed)
-    assert [d.novel for d in routed] == [d.event_id is None for d in routed]
-    caught = sum(d.anomaly for d, r in zip(routed, records, strict=True) if r.label and d.novel)
-    assert novel["tp"] >= caught
+    data = json.loads((bundle / "novelty.json").read_text())
+    report = data["report"]
+    assert report["templates"] > 10 and report["anomalous_templates"] >= 2
+    assert 0.0 < data["threshold"] < 1.0
+    # On BGL_2k (K=20) the held-out templates are too few for the path to be precise: its
+    # cross-validated precision is under the floor, so setup disables it and detection keeps
+    # the paper's routing for new templates.
+    assert report["cv_template_precision"] < report["min_precision"]
+    assert data["enabled"] is False and run.metrics["detection"]["novelty"] is False
+    assert "novel" not in run.metrics["unseen_by_route"]
+    # Forced on, the path decides every new-template line, with a domain only when it flags.
+    detector = fame.load(bundle)
+    model = NoveltyModel.from_json(data)
+    detector.novelty = model
+    records = list(read_records(_test_region(run, bgl_2k), detector.format))
+    results = list(detector.detect_records(records))
+    novel = [d for d in results if d.novel]
+    assert novel and all(d.route.value == "novel" for d in novel)
+    assert all(d.anomaly == (d.raw_score >= model.threshold) for d in novel)
+    assert all(d.domain is None for d in novel if not d.anomaly)
+    assert all(d.route.value != "novel" for d in results if not d.novel)
 
 
 def test_triage_verdicts_apply_after_the_first_lines_and_persist(
@@ -135,7 +139,8 @@ def test_triage_verdicts_apply_after_the_first_lines_and_persist(
     from fame.detector import Detector
     from fame.llm import RecordingClient
     from fame.llm.providers import LLMResponse
-    from fame.triage import Triage, TriageState, context_from_bundle
+    from fame.llm.redaction import Redactor
+    from fame.triage import Triage, TriageState, context_from_bundle, validate_on_offline
 
     class AlwaysAnomalous:
         """A model that calls every new template a tree-network failure."""
@@ -158,13 +163,34 @@ def test_triage_verdicts_apply_after_the_first_lines_and_persist(
     second = detector.detect_batch(records)
     novel = [i for i, d in enumerate(first) if d.novel]
     assert novel, "BGL_2k's test region has lines of new templates"
-    assert all(first[i].route.value == "novel" for i in novel)
+    assert all(first[i].route.value != "triage" for i in novel)
     assert all(second[i].route.value == "triage" and second[i].anomaly for i in novel)
     assert all(second[i].verdict_source == "llm" for i in novel)
     known = [i for i, d in enumerate(first) if not d.novel]
     assert [second[i] for i in known] == [first[i] for i in known]
     triage.close()
     assert len(TriageState(tmp_path / "triage.json").verdicts) == len(state.verdicts) > 0
+
+    # A model that calls everything anomalous fails its offline validation: its verdicts are
+    # kept for review but not applied, and lines stay on the novelty path.
+    validation = validate_on_offline(RecordingClient(AlwaysAnomalous(), None), bundle, Redactor())
+    assert validation["answered"] == validation["asked"] > 0
+    assert validation["recall"] == 1.0
+    expected = validation["anomalous_templates"] / validation["asked"]
+    assert validation["precision"] == pytest.approx(expected, abs=1e-3)
+    untrusted = Triage(
+        TriageState(None),
+        RecordingClient(AlwaysAnomalous(), None),
+        context,
+        background=False,
+        trusted=False,
+    )
+    gated = Detector.load(bundle, triage=untrusted)
+    gated.detect_batch(records)
+    untrusted.process_pending()
+    again = gated.detect_batch(records)
+    assert untrusted.state.verdicts
+    assert [again[i] for i in novel] == [first[i] for i in novel]
 
 
 def _test_region(run: EvaluationResult, source: Path) -> Path:

@@ -222,8 +222,22 @@ class Settings:
         "the bundle); a restart reuses it",
         DETECT,
     )
+    triage_min_precision: float = _opt(
+        0.8,
+        "triage: apply the LLM's verdicts only if, asked about offline templates with known "
+        "labels (once per model), its 'anomalous' verdicts reached this precision; 0 always "
+        "applies them",
+        DETECT,
+    )
     triage_calls_per_minute: int = _opt(30, "triage: most LLM calls per minute", DETECT)
     triage_budget: int = _opt(500, "triage: most LLM calls per process", DETECT)
+
+    novel_min_precision: float = _opt(
+        0.5,
+        "novelty path: disable it when its cross-validated precision on held-out templates "
+        "stays under this (it would raise more false alarms than it finds new failures)",
+        SETUP,
+    )
 
     # -- detection -------------------------------------------------------------------------
     batch_size: int = _opt(256, "lines per detection batch", DETECT)
@@ -290,6 +304,8 @@ class Settings:
             "max_pure_similarity",
             "min_recall",
             "novel_min_recall",
+            "novel_min_precision",
+            "triage_min_precision",
         ):
             value = getattr(self, name)
             if not 0.0 <= float(value) <= 1.0:

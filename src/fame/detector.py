@@ -199,6 +199,9 @@ class Detector:
         novelty_model = None
         if novelty and (path / "novelty.json").is_file():
             novelty_model = NoveltyModel.from_json(bundle_io.read_json(path / "novelty.json"))
+            if not novelty_model.enabled:
+                logger.info("the bundle's novelty path is disabled (see its report)")
+                novelty_model = None
         return cls(
             root=path,
             fmt=fmt,

@@ -24,7 +24,10 @@ signals with every EventID weighted equally (a new failure message is one templa
 many lines it has). Its threshold is chosen on a second cross-validation over EventIDs:
 among the thresholds whose template-weighted recall on held-out anomalous templates reaches
 ``min_recall`` (operators usually prefer recall on new failure messages), the one with the
-best template-weighted F1, the highest on ties. Nothing of the test region is used.
+best template-weighted F1, the highest on ties. Nothing of the test region is used. When
+the cross-validated precision at that point stays under ``min_precision`` the path is kept
+in the bundle but disabled: on Loghub's BGL_2k (10 anomalous templates offline) it reached
+0.17 and flagged most new lines, which is how this floor came to exist.
 """
 
 from __future__ import annotations
@@ -132,6 +135,9 @@ class NoveltyModel:
         intercept: Its intercept.
         threshold: Probability at or above which a novel line is anomalous.
         report: Cross-validated figures of the calibration (for the bundle report).
+        enabled: Whether detection uses it: False when its cross-validated precision on
+            held-out templates stayed under the setup's floor (it would raise more false
+            alarms than it finds new failures; the paper's routing then decides).
     """
 
     fields: list[str]
@@ -145,6 +151,7 @@ class NoveltyModel:
     intercept: float
     threshold: float
     report: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True
 
     def feature_names(self) -> list[str]:
         """Names of the feature vector's columns."""
@@ -198,6 +205,7 @@ class NoveltyModel:
             "intercept": self.intercept,
             "threshold": self.threshold,
             "report": self.report,
+            "enabled": self.enabled,
         }
 
     @classmethod
@@ -227,6 +235,7 @@ class NoveltyModel:
                 intercept=float(data["intercept"]),
                 threshold=float(data["threshold"]),
                 report=dict(data.get("report") or {}),
+                enabled=bool(data.get("enabled", True)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"novelty.json is malformed ({exc}); rebuild the bundle") from exc
@@ -318,6 +327,7 @@ def fit_novelty(
     fields: Sequence[str],
     *,
     min_recall: float = 0.9,
+    min_precision: float = 0.5,
     seed: int = 0,
 ) -> NoveltyModel | None:
     """Learn the novelty decision from the K-shot lines by template-level cross-validation.
@@ -330,6 +340,8 @@ def fit_novelty(
         fields: The categorical field names.
         min_recall: The operating point: template-weighted recall floor on held-out
             anomalous templates.
+        min_precision: The model is kept but disabled when its cross-validated
+            template-weighted precision at that operating point is lower.
         seed: Fold assignment seed.
 
     Returns:
@@ -413,8 +425,11 @@ def fit_novelty(
     model.coef = np.asarray(final.coef_[0], dtype=np.float64)
     model.intercept = float(final.intercept_[0])
     model.threshold = threshold
+    model.enabled = figures["cv_template_precision"] >= min_precision
     model.report = {
         **figures,
+        "min_precision": min_precision,
+        "enabled": model.enabled,
         "folds": n_folds,
         "templates": len(ids),
         "anomalous_templates": len(anomalous_templates),
@@ -429,4 +444,13 @@ def fit_novelty(
         figures["cv_template_recall"],
         figures["cv_template_precision"],
     )
+    if not model.enabled:
+        logger.warning(
+            "novelty path disabled: its cross-validated precision on held-out templates "
+            "(%.2f) is under --novel-min-precision %.2f, so it would raise more false alarms "
+            "than it finds; lines of new templates keep the paper's routing. More labelled "
+            "templates (a larger offline region or K) may change that.",
+            figures["cv_template_precision"],
+            min_precision,
+        )
     return model

@@ -364,6 +364,7 @@ def build_bundle(
                 [data.field_values[ln.index] for ln in kshot],
                 list(data.categorical_fields),
                 min_recall=settings.novel_min_recall,
+                min_precision=settings.novel_min_precision,
                 seed=settings.seed,
             )
 

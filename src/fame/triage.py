@@ -213,6 +213,8 @@ class TriageState:
         self.parser = TemplateParser(sim_th=sim_th, depth=depth, cache_size=0)
         self.verdicts: dict[str, TemplateVerdict] = {}
         self.templates: dict[str, str] = {}
+        #: Offline validation of each provider:model used, so it runs once per model.
+        self.validation: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         if self.path is not None and self.path.is_file():
             self._load(self.path)
@@ -227,6 +229,7 @@ class TriageState:
                 k: TemplateVerdict.from_json(v) for k, v in dict(data["verdicts"]).items()
             }
             self.templates = {str(k): str(v) for k, v in dict(data.get("templates", {})).items()}
+            self.validation = dict(data.get("validation", {}))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise InputError(
                 f"triage state {path} is unreadable ({exc}); move it away to start with no "
@@ -261,6 +264,7 @@ class TriageState:
             "parser": self.parser.to_json(),
             "templates": self.templates,
             "verdicts": {k: asdict(v) for k, v in self.verdicts.items()},
+            "validation": self.validation,
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_name(self.path.name + ".partial")
@@ -296,6 +300,9 @@ class Triage:
         budget: Most model calls for this process.
         background: Run calls on a background thread (False: the caller runs
             :meth:`process_pending`, for tests and evaluation replays).
+        trusted: Apply the model's verdicts to lines. When False (the model failed its
+            offline validation), its verdicts are still asked for and kept for operators,
+            but lines stay on the novelty path; operator verdicts always apply.
     """
 
     def __init__(
@@ -308,7 +315,9 @@ class Triage:
         calls_per_minute: int = 30,
         budget: int = 500,
         background: bool = True,
+        trusted: bool = True,
     ) -> None:
+        self.trusted = trusted
         self.state = state
         self.client = client
         self.context = context
@@ -337,6 +346,8 @@ class Triage:
             with self._idle:
                 self._busy += 1
             self.pending.put((template_id, template, text))
+        if verdict is not None and verdict.source == "llm" and not self.trusted:
+            return None
         return verdict
 
     # -- model side --------------------------------------------------------------------------
@@ -504,8 +515,13 @@ def label_from_confirmed(
     return counts
 
 
-def context_from_bundle(root: str | Path) -> TriageContext:
-    """The domains and representative lines of a bundle, for the triage prompt."""
+def context_from_bundle(root: str | Path, *, exclude: Sequence[str] = ()) -> TriageContext:
+    """The domains and representative lines of a bundle, for the triage prompt.
+
+    Args:
+        root: The bundle.
+        exclude: EventIDs whose lines must not appear (to simulate their novelty).
+    """
     from fame import bundle as bundle_io
     from fame.certification import CertifiedPartition
     from fame.partition import UNIVERSAL_NORMAL
@@ -516,7 +532,10 @@ def context_from_bundle(root: str | Path) -> TriageContext:
     sample = KShotSample.from_json(bundle_io.read_json(path / "kshot.json"))
     context = TriageContext()
     normal: list[tuple[int, str]] = []
+    skip = set(exclude)
     for event_id, stats in sample.events.items():
+        if event_id in skip:
+            continue
         domain = partition.domain_of(event_id)
         if domain != UNIVERSAL_NORMAL and stats.anomaly_example:
             examples = context.domains.setdefault(domain, [])
@@ -532,6 +551,90 @@ def context_from_bundle(root: str | Path) -> TriageContext:
     context.domains.pop(f"{UNIVERSAL_NORMAL}_ANOMALY", None)
     context.normal_examples = [text for _, text in sorted(normal, reverse=True)[:5]]
     return context
+
+
+#: Templates of each kind asked about when the LLM is validated on the offline labels.
+VALIDATION_TEMPLATES = 15
+
+
+def validate_on_offline(
+    client: RecordingClient,
+    bundle: str | Path,
+    redactor: Redactor,
+    *,
+    per_class: int = VALIDATION_TEMPLATES,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure the LLM's verdicts on offline templates whose K-shot labels are known.
+
+    Up to ``per_class`` templates whose K-shot lines are all anomalous and as many whose
+    lines are all normal are asked about exactly as a new template would be, with their own
+    lines removed from the context (they are "new" to the model). The precision and recall of
+    the model's ``anomalous`` verdicts against the labels say how far its verdicts on truly
+    new templates can be trusted.
+
+    Returns:
+        ``{"precision", "recall", "asked", "answered", "seconds", "model"}``.
+    """
+    import random
+
+    from fame import bundle as bundle_io
+    from fame.sampling import KShotSample
+
+    sample = KShotSample.from_json(bundle_io.read_json(Path(bundle) / "kshot.json"))
+    events = list(sample.events.values())
+    anomalous = [e for e in events if e.has_anomaly and not e.has_normal and e.anomaly_example]
+    normal = [e for e in events if e.has_normal and not e.has_anomaly and e.normal_example]
+    rng = random.Random(seed)
+    rng.shuffle(anomalous)
+    normal.sort(key=lambda e: -e.count)  # the routine messages a stream is made of
+    chosen = [(e, True) for e in anomalous[:per_class]] + [(e, False) for e in normal[:per_class]]
+    remote = client.provider.remote
+    redact: Callable[[str], str] = redactor if remote and redactor.active else (lambda t: t)
+    tp = fp = fn = answered = 0
+    seconds = 0.0
+    for stats, label in chosen:
+        context = context_from_bundle(bundle, exclude=[stats.event_id])
+        example = (stats.anomaly_example if label else stats.normal_example) or stats.template
+        messages = build_prompt(context, stats.template, example, redact)
+        try:
+            response = client.complete(
+                messages,
+                purpose=f"triage validation {stats.event_id}",
+                schema=verdict_schema(),
+                max_tokens=160,
+            )
+            predicted, _, _ = parse_verdict(response.text)
+        except (LLMError, ValueError) as exc:
+            logger.warning("triage validation of %s failed: %s", stats.event_id, exc)
+            continue
+        answered += 1
+        seconds += response.seconds
+        tp += predicted and label
+        fp += predicted and not label
+        fn += (not predicted) and label
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    result = {
+        "precision": round(precision, 4),
+        "recall": round(recall, 4),
+        "asked": len(chosen),
+        "answered": answered,
+        "anomalous_templates": min(per_class, len(anomalous)),
+        "normal_templates": min(per_class, len(normal)),
+        "seconds": round(seconds, 1),
+        "model": client.provider.model
+        if client.provider.name != "local"
+        else Path(client.provider.model).name,
+        "provider": client.provider.name,
+    }
+    logger.info(
+        "triage model on %d offline templates: precision %.2f, recall %.2f",
+        answered,
+        precision,
+        recall,
+    )
+    return result
 
 
 def default_state_path(bundle: str | Path) -> Path:
@@ -551,6 +654,25 @@ def build_triage(bundle: str | Path, settings: Any, *, background: bool = True) 
     state = TriageState(settings.triage_state or default_state_path(bundle))
     client = client_from_settings(settings)
     redactor = Redactor.from_settings(settings.llm_redact, settings.llm_redact_extra)
+    trusted = True
+    if settings.triage_min_precision > 0:
+        key = f"{client.provider.name}:{Path(client.provider.model).name}"
+        validation = state.validation.get(key)
+        if validation is None:
+            logger.info("validating the triage model on offline templates (once per model)")
+            validation = validate_on_offline(client, bundle, redactor, seed=settings.seed)
+            state.validation[key] = validation
+            state.save()
+        trusted = validation["precision"] >= settings.triage_min_precision
+        if not trusted:
+            logger.warning(
+                "the triage model's verdicts reached precision %.2f on offline templates, "
+                "under --triage-min-precision %.2f: its verdicts are kept for review "
+                "('fame triage list') but not applied; lines of new templates stay on the "
+                "novelty path. A larger model, or operator verdicts, change that.",
+                validation["precision"],
+                settings.triage_min_precision,
+            )
     return Triage(
         state,
         client,
@@ -559,4 +681,5 @@ def build_triage(bundle: str | Path, settings: Any, *, background: bool = True) 
         calls_per_minute=settings.triage_calls_per_minute,
         budget=settings.triage_budget,
         background=background,
+        trusted=trusted,
     )

@@ -209,8 +209,11 @@ def replay_stream(
     seconds = time.perf_counter() - start
     triage_info = None
     if triage is not None:
-        calls = triage.client.calls if triage.client is not None else []
+        every = triage.client.calls if triage.client is not None else []
+        calls = [c for c in every if not c["purpose"].startswith("triage validation")]
         triage_info = {
+            "trusted": triage.trusted,
+            "validation": triage.state.validation,
             "new_templates": len(triage.state.templates),
             "verdicts": len(triage.state.verdicts),
             "anomalous_verdicts": sum(v.anomalous for v in triage.state.verdicts.values()),

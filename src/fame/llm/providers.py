@@ -167,7 +167,8 @@ class OpenAICompatibleProvider:
         self.temperature = temperature
         self._openai = openai
         self._client = openai.OpenAI(api_key=key, base_url=base_url, timeout=timeout)
-        self._schema_supported = True
+        # How far down the structured-output forms this server made us step (see complete).
+        self._format_level = 0
 
     def complete(
         self,
@@ -180,15 +181,19 @@ class OpenAICompatibleProvider:
         payload = [m.to_json() for m in messages]
         formats: list[dict[str, Any] | None] = [None]
         if schema is not None:
-            as_json: dict[str, Any] = {"type": "json_object"}
-            with_schema = {
+            # Servers differ: OpenAI and vLLM take a JSON schema; llama.cpp's Python server
+            # takes a schema inside "json_object"; others only a plain JSON object.
+            with_schema: dict[str, Any] = {
                 "type": "json_schema",
                 "json_schema": {"name": "answer", "schema": dict(schema), "strict": False},
             }
-            formats = [with_schema, as_json] if self._schema_supported else [as_json]
+            object_with_schema: dict[str, Any] = {"type": "json_object", "schema": dict(schema)}
+            plain: dict[str, Any] = {"type": "json_object"}
+            candidates: list[dict[str, Any] | None] = [with_schema, object_with_schema, plain]
+            formats = candidates[self._format_level :]
         start = time.perf_counter()
         last: Exception | None = None
-        for response_format in formats:
+        for level, response_format in enumerate(formats):
             kwargs: dict[str, Any] = {
                 "model": self.model,
                 "messages": payload,
@@ -199,12 +204,16 @@ class OpenAICompatibleProvider:
                 kwargs["response_format"] = response_format
             try:
                 reply = self._client.chat.completions.create(**kwargs)
-            except self._openai.BadRequestError as exc:
-                # Some servers reject json_schema; fall back to a plain JSON object once.
+            except self._openai.APIStatusError as exc:
+                # A server that rejects this form of structured output: try the next one.
                 last = exc
-                if response_format is not None and response_format["type"] == "json_schema":
-                    logger.info("server rejected a JSON schema (%s); asking for plain JSON", exc)
-                    self._schema_supported = False
+                if response_format is not None and level + 1 < len(formats):
+                    logger.info(
+                        "server rejected response_format %s (%s); trying a simpler one",
+                        response_format["type"],
+                        exc.status_code,
+                    )
+                    self._format_level += 1
                     continue
                 break
             except self._openai.OpenAIError as exc:
@@ -227,7 +236,10 @@ class OpenAICompatibleProvider:
                 usage=usage,
                 truncated=choice.finish_reason == "length",
             )
-        raise LLMError(f"the OpenAI-compatible server refused the request: {last}")
+        raise LLMError(
+            f"the OpenAI-compatible server at {self.base_url or 'api.openai.com'} refused the "
+            f"request: {last}; check --llm-base-url, --llm-model and the key"
+        )
 
 
 class AnthropicProvider:
