@@ -220,3 +220,30 @@ def test_background_thread_is_safe_under_concurrent_lines() -> None:
     assert len(model.asked) == len(triage.state.verdicts) <= 5
     triage.close()
     assert json.dumps(list(triage.state.verdicts))
+
+
+def test_confirmed_verdicts_label_the_next_setup(tmp_path: Path) -> None:
+    from fame.config import Settings
+    from fame.setup import read_offline
+
+    state_path = tmp_path / "state.json"
+    triage = _triage(ScriptedModel([NORMAL]), TriageState(state_path))
+    triage.verdict_for(LINK, LINK)
+    triage.process_pending()
+    state = TriageState(state_path)
+    set_operator_verdict(state, next(iter(state.templates)), "anomalous")
+    log = tmp_path / "offline.log"
+    log.write_text(f"{LINK}\n{TREE}\n{LINK}\n", encoding="utf-8")
+    labels = tmp_path / "labels.csv"
+    labels.write_text("line,label\n2,0\n3,0\n", encoding="utf-8")
+    settings = Settings(
+        format="custom",
+        header="<Content>",
+        labels_csv=str(labels),
+        triage_labels=str(state_path),
+    )
+    data = read_offline([log], settings)
+    # Line 1 had no label and matches the confirmed template; line 3 keeps its own label.
+    assert data.labels == [True, False, False]
+    with pytest.raises(InputError, match="does not exist"):
+        read_offline([log], settings.replace(triage_labels=str(tmp_path / "missing.json")))

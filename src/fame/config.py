@@ -49,6 +49,12 @@ class Settings:
         "comma-separated fields the models see (default per format; bgl: Component,Level,Content)",
         FORMAT,
     )
+    triage_labels: str | None = _opt(
+        None,
+        "triage state file whose operator-confirmed verdicts label the matching unlabelled "
+        "offline lines (setup)",
+        SETUP,
+    )
     labels_csv: str | None = _opt(
         None, "CSV 'line,label' for logs without inline labels (setup/evaluate)", SETUP
     )

@@ -25,7 +25,7 @@ from fame import bundle as bundle_io
 from fame.calibration import TieBreak, calibrate_fusion, calibrate_threshold
 from fame.certification import CertifiedPartition, certify, universal_normal_texts
 from fame.config import Settings
-from fame.errors import ConfigError, TrainingDataError
+from fame.errors import ConfigError, InputError, TrainingDataError
 from fame.logs import LogFormat, LogRecord, ReadStats, get_format, load_label_csv, read_records
 from fame.logs.formats import format_to_json
 from fame.models import training
@@ -113,6 +113,23 @@ def read_offline(
             source, fmt, labels=labels, max_line_chars=settings.max_line_chars, stats=stats
         ):
             data.append(record)
+    if settings.triage_labels:
+        # Operator-confirmed verdicts on templates that were new at detection time.
+        from fame.triage import TriageState, label_from_confirmed
+
+        state_path = Path(settings.triage_labels)
+        if not state_path.is_file():
+            raise InputError(
+                f"--triage-labels {state_path} does not exist; give the state file written by "
+                "'fame detect --triage' (default BUNDLE.triage.json)"
+            )
+        counts = label_from_confirmed(TriageState(state_path), data.contents, data.labels)
+        logger.info(
+            "confirmed triage verdicts labelled %d offline lines (%d lines kept a different "
+            "label of their own)",
+            counts["labelled"],
+            counts["disagreements"],
+        )
     return data
 
 

@@ -15,7 +15,8 @@ the model.
   online parser in a JSON state file, saved after every verdict, so a restart neither asks
   again nor renumbers templates.
 - An operator can confirm or override a verdict (``fame triage set``); confirmed verdicts
-  become labels for the next setup (``fame setup --triage-labels STATE``).
+  become labels of matching unlabelled lines for the next setup
+  (``fame setup --triage-labels STATE``).
 """
 
 from __future__ import annotations
