@@ -8,6 +8,7 @@ absence into a failure, so CI cannot pass without running them. About 2-3 minute
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -19,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from fame.certification import CertifiedPartition, DomainKind
+from fame.cli import main
 from fame.llm import DEFAULT_LOCAL_MODEL, RecordingClient, get_provider
 from fame.llm.model_files import LOCAL_MODEL_SIZE
-from fame.partition import UNIVERSAL_NORMAL, Partition
+from fame.partition import UNIVERSAL_NORMAL, Partition, get_proposer
 from fame.partition.llm import LLMProposer
 from fame.sampling import KShotSample
 
@@ -134,3 +136,37 @@ def test_openai_compatible_provider_against_a_local_server(
     provider = get_provider("openai", model="qwen-local", base_url=server, timeout=600)
     assert provider.remote is False
     _check(LLMProposer(RecordingClient(provider, None)), bgl_sample, certify_bgl_2k)
+
+
+def test_partition_command_writes_a_reviewable_file_and_reuses_answers(
+    model: Path, bgl_2k: Path, bgl_sample: KShotSample, tmp_path: Path
+) -> None:
+    out = tmp_path / "partition.json"
+    argv = [
+        "partition",
+        str(bgl_2k),
+        "--proposer",
+        "llm",
+        "--provider",
+        "local",
+        "--model",
+        str(model),
+        "--llm-cache-dir",
+        str(tmp_path / "answers"),
+        "--out",
+        str(out),
+        "-q",
+    ]
+    assert main(argv) == 0
+    first = json.loads(out.read_text("utf-8"))
+    assert first["proposer"] == "llm" and first["llm_audit"]
+    assert first["domains"][-1]["name"] == UNIVERSAL_NORMAL
+    assert any("template" in entry for d in first["domains"] for entry in d["event_ids"])
+    # A rerun answers every call from the cache, with the same proposal.
+    assert main(argv) == 0
+    second = json.loads(out.read_text("utf-8"))
+    assert all(call["cached"] for call in second["llm_audit"])
+    assert second["domains"] == first["domains"]
+    # The reviewed file is what setup reads with --partition.
+    proposed = get_proposer("file", path=str(out)).propose(bgl_sample)
+    assert {d["name"] for d in first["domains"]} == set(proposed.domains)
