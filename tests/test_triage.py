@@ -247,3 +247,23 @@ def test_confirmed_verdicts_label_the_next_setup(tmp_path: Path) -> None:
     assert data.labels == [True, False, False]
     with pytest.raises(InputError, match="does not exist"):
         read_offline([log], settings.replace(triage_labels=str(tmp_path / "missing.json")))
+
+
+def test_triage_command_lists_and_sets_verdicts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fame.cli import main
+
+    path = tmp_path / "state.json"
+    triage = _triage(ScriptedModel([NORMAL]), TriageState(path))
+    triage.verdict_for(LINK, LINK)
+    triage.process_pending()
+    assert main(["triage", "list", "--state", str(path), "-q"]) == 0
+    (row,) = capsys.readouterr().out.splitlines()
+    template_id, status, template = row.split("\t")
+    assert status == "normal [llm]" and "program image" in template
+    assert main(["triage", "set", template_id, "anomalous", "--state", str(path), "-q"]) == 0
+    assert main(["triage", "list", "--state", str(path), "-q"]) == 0
+    assert "anomalous [operator, confirmed]" in capsys.readouterr().out
+    assert main(["triage", "set", "N999", "normal", "--state", str(path), "-q"]) == 2
+    assert main(["triage", "list", "--state", str(tmp_path / "none.json"), "-q"]) == 2

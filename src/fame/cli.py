@@ -347,6 +347,12 @@ def _cmd_triage(args: argparse.Namespace) -> int:
         entry = set_operator_verdict(state, args.template, args.verdict, args.domain)
         sys.stdout.write(f"{entry.template_id}: {args.verdict} (confirmed)\n")
         return EXIT_OK
+    for key, figures in state.validation.items():
+        sys.stderr.write(
+            f"{key}: on {figures['answered']} offline templates its 'anomalous' verdicts had "
+            f"precision {figures['precision']:.2f}, recall {figures['recall']:.2f} (verdicts "
+            "apply only at --triage-min-precision or above)\n"
+        )
     for template_id, template in sorted(
         state.templates.items(), key=lambda item: int(item[0].lstrip("N") or 0)
     ):
