@@ -342,11 +342,14 @@ class Triage:
         """The verdict for a novel line's template, queueing a question for a new template."""
         template_id, template = self.state.template_of(content)
         verdict = self.state.verdicts.get(template_id)
-        if verdict is None and template_id not in self.requested and self.client is not None:
-            self.requested.add(template_id)
-            with self._idle:
-                self._busy += 1
-            self.pending.put((template_id, template, text))
+        if verdict is None and self.client is not None:
+            with self._idle:  # check-and-mark at once: several threads may feed lines
+                ask = template_id not in self.requested
+                if ask:
+                    self.requested.add(template_id)
+                    self._busy += 1
+            if ask:
+                self.pending.put((template_id, template, text))
         if verdict is not None and verdict.source == "llm" and not self.trusted:
             return None
         return verdict
