@@ -269,16 +269,20 @@ def test_the_llm_partition_is_certified_unchanged(
     assert certified.domains["DATA_TLB_ERROR"] == DomainKind.PURE_ANOMALY
 
 
-def test_chunks_are_merged_by_the_model(bgl_sample: KShotSample) -> None:
-    proposer = _proposer(ReplayProvider([]), prompt_tokens=300)
-    prompts, _ = proposer.plan(bgl_sample)
+def _group_anomalous(prompts: list[list[Message]], name: Callable[[int], str]) -> list[str]:
+    """One answer per grouping prompt: its anomaly-bearing EventIDs in one named domain."""
     answers = []
     for number, messages in enumerate(prompts):
         ids = re.findall(r"^(E\d+) \| lines=\d+ \| labels=(\S+)", messages[-1].content, re.M)
         anomalous = [e for e, label in ids if "ANOMALY" in label]
-        answers.append(
-            json.dumps({"domains": [{"name": f"GROUP_{number}", "event_ids": anomalous}]})
-        )
+        answers.append(json.dumps({"domains": [{"name": name(number), "event_ids": anomalous}]}))
+    return answers
+
+
+def test_chunks_are_merged_by_the_model(bgl_sample: KShotSample) -> None:
+    proposer = _proposer(ReplayProvider([]), prompt_tokens=300)
+    prompts, _ = proposer.plan(bgl_sample)
+    answers = _group_anomalous(prompts, lambda number: f"GROUP_{number}")
     merge = json.dumps(
         {
             "domains": [
@@ -301,13 +305,7 @@ def test_an_invalid_merge_is_retried_then_falls_back_to_equal_names(
     bgl_sample: KShotSample,
 ) -> None:
     prompts, _ = _proposer(ReplayProvider([]), prompt_tokens=300).plan(bgl_sample)
-    answers = []
-    for number, messages in enumerate(prompts):
-        ids = re.findall(r"^(E\d+) \| lines=\d+ \| labels=(\S+)", messages[-1].content, re.M)
-        anomalous = [e for e, label in ids if "ANOMALY" in label]
-        answers.append(
-            json.dumps({"domains": [{"name": f"GROUP_{number % 2}", "event_ids": anomalous}]})
-        )
+    answers = _group_anomalous(prompts, lambda number: f"GROUP_{number % 2}")
     # GROUP_0 twice, GROUP_1 in no list: the answer breaks the merge rule.
     bad = json.dumps(
         {

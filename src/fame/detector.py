@@ -131,9 +131,6 @@ class Detector:
         self.route_known_templates = route_known_templates
         self.novelty = novelty
         self.triage = triage
-        self.categorical_fields = tuple(
-            name for name in fmt.model_fields if name != fmt.parse_field
-        )
         self._cache: OrderedDict[_Key, _Verdict] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
@@ -273,14 +270,16 @@ class Detector:
                 forced = self.partition.domain_of(template.event_id)
             novel_fields = None
             if template is None and self.novelty is not None:
-                novel_fields = tuple(record.fields.get(f, "") for f in self.categorical_fields)
+                novel_fields = tuple(
+                    record.fields.get(f, "") for f in self.format.categorical_fields
+                )
             keys.append((record.text, forced, novel_fields))
         out = []
         for record, template, verdict in zip(batch, templates, self._verdicts(keys), strict=True):
             source = None
             if template is None and self.triage is not None:
                 # Per-template verdicts change over time, so they are applied after the cache.
-                verdict, source = self._apply_triage(record, verdict)
+                verdict, source = _apply_triage(self.triage, record, verdict)
             out.append(
                 Detection(
                     line=record.line_no,
@@ -298,22 +297,6 @@ class Detector:
                 )
             )
         return out
-
-    def _apply_triage(self, record: LogRecord, verdict: _Verdict) -> tuple[_Verdict, str | None]:
-        """Override a novel line's verdict by its template's triage verdict, if there is one."""
-        assert self.triage is not None
-        known = self.triage.verdict_for(record.content, record.text)
-        if known is None:
-            return verdict, None
-        if known.anomalous:
-            domain = known.domain or verdict.domain
-            score = max(verdict.score, 0.5)
-        else:
-            domain, score = None, min(verdict.score, 0.49)
-        return (
-            _Verdict(known.anomalous, score, verdict.raw_score, verdict.gate, Route.TRIAGE, domain),
-            known.source,
-        )
 
     def _verdicts(self, keys: Sequence[_Key]) -> list[_Verdict]:
         """Verdicts for a batch, scoring each distinct uncached (text, route) once."""
@@ -418,11 +401,12 @@ class Detector:
                     )
         novel = [i for i in range(n) if keys[i][2] is not None]
         if novel and self.novelty is not None:
-            self._novelty_verdicts(novel, keys, hidden, mask, gate, verdicts)
+            self._novelty_verdicts(self.novelty, novel, keys, hidden, mask, gate, verdicts)
         return [v for v in verdicts if v is not None]
 
     def _novelty_verdicts(
         self,
+        model: NoveltyModel,
         rows: list[int],
         keys: list[_Key],
         hidden: Any,
@@ -431,12 +415,11 @@ class Detector:
         verdicts: list[_Verdict | None],
     ) -> None:
         """Decide lines of never-seen templates by the calibrated novelty path."""
-        assert self.novelty is not None
         embeddings = pooled_from_batch(hidden[rows], mask[rows])
         fields = [keys[i][2] or () for i in rows]
-        probabilities = self.novelty.probability(embeddings, fields)
-        nearest = self.novelty.nearest(embeddings, anomalous_only=True)
-        threshold = self.novelty.threshold
+        probabilities = model.probability(embeddings, fields)
+        nearest = model.nearest(embeddings, anomalous_only=True)
+        threshold = model.threshold
         for j, i in enumerate(rows):
             p = float(probabilities[j])
             routed = verdicts[i]
@@ -457,6 +440,24 @@ class Detector:
     ) -> _Verdict:
         score = float(to_calibrated_score(raw, threshold))
         return _Verdict(raw >= threshold, score, raw, gate, route, domain)
+
+
+def _apply_triage(
+    triage: Triage, record: LogRecord, verdict: _Verdict
+) -> tuple[_Verdict, str | None]:
+    """Override a novel line's verdict by its template's triage verdict, if there is one."""
+    known = triage.verdict_for(record.content, record.text)
+    if known is None:
+        return verdict, None
+    if known.anomalous:
+        domain = known.domain or verdict.domain
+        score = max(verdict.score, 0.5)
+    else:
+        domain, score = None, min(verdict.score, 0.49)
+    return (
+        _Verdict(known.anomalous, score, verdict.raw_score, verdict.gate, Route.TRIAGE, domain),
+        known.source,
+    )
 
 
 class _LineStream:

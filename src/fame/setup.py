@@ -96,18 +96,13 @@ def make_format(settings: Settings) -> LogFormat:
     )
 
 
-def categorical_fields(fmt: LogFormat) -> tuple[str, ...]:
-    """The format's categorical fields: its model fields other than the parsed text."""
-    return tuple(name for name in fmt.model_fields if name != fmt.parse_field)
-
-
 def read_offline(
     sources: Sequence[str | Path], settings: Settings, *, stats: ReadStats | None = None
 ) -> OfflineData:
     """Read the offline region from one or more files (in the given order)."""
     fmt = make_format(settings)
     labels = load_label_csv(settings.labels_csv) if settings.labels_csv else None
-    data = OfflineData(categorical_fields=categorical_fields(fmt))
+    data = OfflineData(categorical_fields=fmt.categorical_fields)
     for source in sources:
         for record in read_records(
             source, fmt, labels=labels, max_line_chars=settings.max_line_chars, stats=stats

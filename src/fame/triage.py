@@ -31,14 +31,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fame.errors import InputError
 from fame.llm.cache import RecordingClient
-from fame.llm.providers import LLMError, Message
+from fame.llm.providers import LLMError, Message, model_label
 from fame.llm.redaction import Redactor
 from fame.parsing import TemplateParser
 from fame.partition.llm import extract_json, normalise_name
+
+if TYPE_CHECKING:
+    from fame.certification import CertifiedPartition
+    from fame.sampling import KShotSample
 
 logger = logging.getLogger(__name__)
 
@@ -403,20 +407,20 @@ class Triage:
                 logger.info("triage rate limit: waiting %.1f s", wait)
                 if self._stop.wait(wait):
                     return
-            self._ask(template_id, template, example)
+            if self.client is not None:
+                self._ask(self.client, template_id, template, example)
         finally:
             with self._idle:
                 self._busy -= 1
                 self._idle.notify_all()
 
-    def _ask(self, template_id: str, template: str, example: str) -> None:
-        assert self.client is not None
-        remote = self.client.provider.remote
+    def _ask(self, client: RecordingClient, template_id: str, template: str, example: str) -> None:
+        remote = client.provider.remote
         redact = self.redactor if remote and self.redactor.active else (lambda t: t)
         messages = build_prompt(self.context, template, example, redact)
         self.limit.record()
         try:
-            response = self.client.complete(
+            response = client.complete(
                 messages,
                 purpose=f"triage {template_id}",
                 schema=verdict_schema(),
@@ -519,21 +523,30 @@ def label_from_confirmed(
     return counts
 
 
-def context_from_bundle(root: str | Path, *, exclude: Sequence[str] = ()) -> TriageContext:
-    """The domains and representative lines of a bundle, for the triage prompt.
-
-    Args:
-        root: The bundle.
-        exclude: EventIDs whose lines must not appear (to simulate their novelty).
-    """
+def _load_bundle_labels(root: str | Path) -> tuple[CertifiedPartition, KShotSample]:
+    """The certified partition and the K-shot sample of a bundle."""
     from fame import bundle as bundle_io
     from fame.certification import CertifiedPartition
-    from fame.partition import UNIVERSAL_NORMAL
     from fame.sampling import KShotSample
 
     path = Path(root)
     partition = CertifiedPartition.from_json(bundle_io.read_json(path / "certification.json"))
     sample = KShotSample.from_json(bundle_io.read_json(path / "kshot.json"))
+    return partition, sample
+
+
+def build_context(
+    partition: CertifiedPartition, sample: KShotSample, *, exclude: Sequence[str] = ()
+) -> TriageContext:
+    """The domains and representative lines shown to the model.
+
+    Args:
+        partition: The certified partition (failure domains).
+        sample: The K-shot sample (representative lines per EventID).
+        exclude: EventIDs whose lines must not appear (to simulate their novelty).
+    """
+    from fame.partition import UNIVERSAL_NORMAL
+
     context = TriageContext()
     normal: list[tuple[int, str]] = []
     skip = set(exclude)
@@ -545,16 +558,16 @@ def context_from_bundle(root: str | Path, *, exclude: Sequence[str] = ()) -> Tri
             examples = context.domains.setdefault(domain, [])
             if len(examples) < 2:
                 examples.append(stats.anomaly_example)
-        elif stats.anomaly_example and domain == UNIVERSAL_NORMAL:
-            # An anomalous EventID certification left in UNIVERSAL_NORMAL: name it by itself.
-            context.domains.setdefault(f"{UNIVERSAL_NORMAL}_ANOMALY", []).append(
-                stats.anomaly_example
-            )
         if stats.normal_example and not stats.has_anomaly:
             normal.append((stats.count, stats.normal_example))
-    context.domains.pop(f"{UNIVERSAL_NORMAL}_ANOMALY", None)
     context.normal_examples = [text for _, text in sorted(normal, reverse=True)[:5]]
     return context
+
+
+def context_from_bundle(root: str | Path) -> TriageContext:
+    """The domains and representative lines of a bundle, for the triage prompt."""
+    partition, sample = _load_bundle_labels(root)
+    return build_context(partition, sample)
 
 
 #: Templates of each kind asked about when the LLM is validated on the offline labels.
@@ -582,10 +595,7 @@ def validate_on_offline(
     """
     import random
 
-    from fame import bundle as bundle_io
-    from fame.sampling import KShotSample
-
-    sample = KShotSample.from_json(bundle_io.read_json(Path(bundle) / "kshot.json"))
+    partition, sample = _load_bundle_labels(bundle)
     events = list(sample.events.values())
     anomalous = [e for e in events if e.has_anomaly and not e.has_normal and e.anomaly_example]
     normal = [e for e in events if e.has_normal and not e.has_anomaly and e.normal_example]
@@ -598,7 +608,7 @@ def validate_on_offline(
     tp = fp = fn = answered = 0
     seconds = 0.0
     for stats, label in chosen:
-        context = context_from_bundle(bundle, exclude=[stats.event_id])
+        context = build_context(partition, sample, exclude=[stats.event_id])
         example = (stats.anomaly_example if label else stats.normal_example) or stats.template
         messages = build_prompt(context, stats.template, example, redact)
         try:
@@ -627,9 +637,7 @@ def validate_on_offline(
         "anomalous_templates": min(per_class, len(anomalous)),
         "normal_templates": min(per_class, len(normal)),
         "seconds": round(seconds, 1),
-        "model": client.provider.model
-        if client.provider.name != "local"
-        else Path(client.provider.model).name,
+        "model": model_label(client.provider),
         "provider": client.provider.name,
     }
     logger.info(
@@ -660,7 +668,7 @@ def build_triage(bundle: str | Path, settings: Any, *, background: bool = True) 
     redactor = Redactor.from_settings(settings.llm_redact, settings.llm_redact_extra)
     trusted = True
     if settings.triage_min_precision > 0:
-        key = f"{client.provider.name}:{Path(client.provider.model).name}"
+        key = f"{client.provider.name}:{model_label(client.provider)}"
         validation = state.validation.get(key)
         if validation is None:
             logger.info("validating the triage model on offline templates (once per model)")

@@ -21,7 +21,7 @@ from fame.detector import Detector
 from fame.errors import InputError
 from fame.evaluation.metrics import Evaluation
 from fame.logs import LogRecord, ReadStats, count_lines, load_label_csv, read_records
-from fame.setup import OfflineData, build_bundle, categorical_fields, make_format
+from fame.setup import OfflineData, build_bundle, make_format
 from fame.stages import StageTimer, peak_rss_mb
 from fame.triage import build_triage
 
@@ -82,7 +82,7 @@ def run_evaluate(
     # Offline region -> bundle (or an existing bundle of the same split).
     timer = StageTimer()
     if bundle is None:
-        data = OfflineData(categorical_fields=categorical_fields(fmt))
+        data = OfflineData(categorical_fields=fmt.categorical_fields)
         with timer.stage("read"):
             for record in islice(records, n_offline):
                 data.append(record)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from fame.llm.providers import LLMProvider, LLMResponse, Message
+from fame.llm.providers import LLMProvider, LLMResponse, Message, model_label
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ def request_key(
     """SHA-256 of everything that determines a model's answer."""
     payload = {
         "provider": provider.name,
-        "model": provider.model if provider.name != "local" else Path(provider.model).name,
+        "model": model_label(provider),
         "messages": [m.to_json() for m in messages],
         "schema": schema,
         "max_tokens": max_tokens,

@@ -111,6 +111,11 @@ class LLMProvider(Protocol):
         ...
 
 
+def model_label(provider: LLMProvider) -> str:
+    """The model's name for records: a local GGUF by its file name, not its path."""
+    return Path(provider.model).name if provider.name == "local" else provider.model
+
+
 def _api_key(provider: str, api_key: str | None, key_env: str | None) -> str | None:
     """The key given, else the one in the provider's environment variable, else None."""
     if api_key:

@@ -129,6 +129,11 @@ class LogFormat:
     model_fields: tuple[str, ...] = ("Content",)
     label_pattern: re.Pattern[str] | None = field(default=None)
 
+    @property
+    def categorical_fields(self) -> tuple[str, ...]:
+        """Model fields other than the parsed text (BGL: component and level)."""
+        return tuple(name for name in self.model_fields if name != self.parse_field)
+
     def __post_init__(self) -> None:
         """Check that the fields, regex groups and field roles agree.
 

@@ -39,14 +39,13 @@ import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fame.errors import InputError
 from fame.llm.cache import RecordingClient
-from fame.llm.providers import LLMError, Message
+from fame.llm.providers import LLMError, Message, model_label
 from fame.llm.redaction import Redactor
 from fame.partition.base import DOMAIN_NAME_PATTERN, UNIVERSAL_NORMAL, Partition
 from fame.partition.tfidf import _cosine, fit_tfidf
@@ -455,7 +454,7 @@ class LLMProposer:
         provider = self.client.provider
         details = {
             "provider": provider.name,
-            "model": Path(provider.model).name if provider.name == "local" else provider.model,
+            "model": model_label(provider),
             "calls": len(self.client.calls),
             "model_calls": self.client.model_calls,
             "prompts": len(prompts),
