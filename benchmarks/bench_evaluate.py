@@ -124,6 +124,8 @@ def main() -> None:
         "detect": {"test_lines": n_test, **detect},
         "settings": extra,
         "partition": _partition_summary(work / "bundle"),
+        # The novelty path's cross-validated figures on held-out offline templates.
+        "novelty": json.loads((work / "bundle" / "report.json").read_text()).get("novelty"),
         "work_dir": str(work),
     }
     out = Path(args.out)
@@ -137,6 +139,13 @@ def _partition_summary(bundle: Path) -> dict[str, object]:
     proposed = json.loads((bundle / "partition.json").read_text())
     report = json.loads((bundle / "report.json").read_text())
     details = {k: v for k, v in proposed.get("details", {}).items() if k != "repairs"}
+    audit = bundle / "llm_audit.json"
+    if audit.exists():
+        calls = [c for c in json.loads(audit.read_text())["calls"] if not c["cached"]]
+        tokens = [c["usage"].get("prompt_tokens", 0) for c in calls]
+        details["prompt_tokens"] = sum(tokens)
+        details["largest_prompt_tokens"] = max(tokens, default=0)
+        details["completion_tokens"] = sum(c["usage"].get("completion_tokens", 0) for c in calls)
     kinds = report["domains"]
     return {
         "proposer": proposed["proposer"],
