@@ -155,6 +155,37 @@ def build_parser() -> argparse.ArgumentParser:
         "and split), to compare detection settings",
     )
     _add_settings(evaluate, FORMAT, SETUP, DETECT)
+
+    benchmark = sub.add_parser(
+        "benchmark",
+        parents=[common],
+        help="the paper's evaluation (baselines, LogLead, ablations, K sweep, seeds) as a report",
+    )
+    benchmark.add_argument("log", help="a labelled log file")
+    benchmark.add_argument("--out", required=True, help="directory of report.md, results.json")
+    benchmark.add_argument(
+        "--quick", action="store_true", help="a small sanity run (fewer rows, smaller budgets)"
+    )
+    benchmark.add_argument(
+        "--work",
+        default=None,
+        help="per-row cache of bundles and metrics (default runs/benchmark/<log name>)",
+    )
+    benchmark.add_argument(
+        "--report-only",
+        action="store_true",
+        help="compute nothing: rebuild the report from the rows already cached",
+    )
+    benchmark.add_argument(
+        "--only", action="append", metavar="ROW", help="compute only this row id (repeatable)"
+    )
+    benchmark.add_argument(
+        "--loglead-python",
+        default=None,
+        help="Python of LogLead's virtual environment (default .venv-loglead/bin/python; "
+        "'bash scripts/loglead_env.sh' creates it)",
+    )
+    _add_settings(benchmark, FORMAT, SETUP, DETECT)
     return parser
 
 
@@ -394,6 +425,23 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from fame.evaluation.benchmark import run_benchmark
+
+    result = run_benchmark(
+        args.log,
+        _settings(args),
+        args.out,
+        quick=args.quick,
+        work=args.work,
+        report_only=args.report_only,
+        loglead_python=args.loglead_python,
+        only=args.only,
+    )
+    sys.stdout.write(f"report written to {result.out / 'report.md'}\n")
+    return EXIT_OK
+
+
 def _error(exc: Exception) -> None:
     """Print an error for a person: the message only, no traceback."""
     sys.stderr.write(f"fame: error: {exc}\n")
@@ -404,6 +452,7 @@ COMMANDS = {
     "setup": _cmd_setup,
     "detect": _cmd_detect,
     "evaluate": _cmd_evaluate,
+    "benchmark": _cmd_benchmark,
     "partition": _cmd_partition,
     "local-model": _cmd_local_model,
     "triage": _cmd_triage,

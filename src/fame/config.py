@@ -80,7 +80,10 @@ class Settings:
 
     # -- partition and certification (III-B) -----------------------------------------------
     proposer: str = _opt(
-        "tfidf", "failure-domain proposer", SETUP, choices=("tfidf", "file", "llm")
+        "tfidf",
+        "failure-domain proposer ('single': no domains, one global model; an ablation)",
+        SETUP,
+        choices=("tfidf", "file", "llm", "single"),
     )
     partition_file: str | None = _opt(
         None,

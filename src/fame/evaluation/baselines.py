@@ -337,6 +337,7 @@ def run_baseline(
     *,
     k: int = 100,
     seed: int = 0,
+    context: BaselineContext | None = None,
 ) -> BaselineResult:
     """Train one baseline on the offline K-shot sample, calibrate it and evaluate it on test.
 
@@ -348,6 +349,8 @@ def run_baseline(
         test_labels: Test labels, True anomalous (same length).
         k: K-shot labelling budget per EventID.
         seed: Random seed.
+        context: A context from :func:`prepare` on the same ``offline``, ``k`` and ``seed``,
+            to share parsing and sampling between baselines (built here when None).
 
     Returns:
         The test metrics.
@@ -367,7 +370,12 @@ def run_baseline(
         )
     started = time.perf_counter()
     _seed(seed)
-    ctx = prepare(offline, k=k, seed=seed)
+    ctx = context if context is not None else prepare(offline, k=k, seed=seed)
+    if ctx.sample.k != k or ctx.seed != seed:
+        raise ConfigError(
+            f"the baseline context was prepared for K={ctx.sample.k}, seed={ctx.seed}, not "
+            f"K={k}, seed={seed}; prepare one per K and seed"
+        )
     scores = BASELINES[name](ctx, test_texts, test_contents)
     if scores.hard:
         threshold = HARD_THRESHOLD

@@ -6,6 +6,8 @@ Use :func:`get_proposer` to build a proposer by name:
 - ``"file"``: :class:`FileProposer`, a partition a person wrote or reviewed (JSON).
 - ``"llm"``: :class:`LLMProposer`, the paper's grouping by a chat model (any provider of
   :mod:`fame.llm`).
+- ``"single"``: :class:`SingleDomainProposer`, no failure domains (the single-global-model
+  ablation).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fame.partition.base import (
 )
 from fame.partition.file import FileProposer, read_partition_file, write_partition_file
 from fame.partition.llm import LLMProposer
+from fame.partition.single import SingleDomainProposer
 from fame.partition.tfidf import TfidfProposer, log_tokens
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "LLMProposer",
     "Partition",
     "Proposer",
+    "SingleDomainProposer",
     "TfidfProposer",
     "get_proposer",
     "log_tokens",
@@ -46,6 +50,7 @@ _FACTORIES: dict[str, Callable[..., Proposer]] = {
     "tfidf": TfidfProposer,
     "file": FileProposer,
     "llm": LLMProposer,
+    "single": SingleDomainProposer,
 }
 
 #: Every proposer name the registry knows, in the order shown to users.
@@ -56,7 +61,7 @@ def get_proposer(name: str, **options: Any) -> Proposer:
     """Build a partition proposer by registry name.
 
     Args:
-        name: ``"tfidf"``, ``"file"`` or ``"llm"`` (case-insensitive).
+        name: ``"tfidf"``, ``"file"``, ``"llm"`` or ``"single"`` (case-insensitive).
         **options: Keyword arguments of the proposer's constructor (e.g. ``path=`` for
             ``"file"``, ``similarity_threshold=`` for ``"tfidf"``).
 
