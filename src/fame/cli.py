@@ -21,7 +21,15 @@ from types import FrameType
 from typing import Any, BinaryIO, cast
 
 from fame import __version__
-from fame.config import DETECT, FORMAT, SETUP, Settings, load_config_file, setting_fields
+from fame.config import (
+    DETECT,
+    FORMAT,
+    SERVE,
+    SETUP,
+    Settings,
+    load_config_file,
+    setting_fields,
+)
 from fame.errors import BundleError, FameError, InputError
 
 logger = logging.getLogger("fame")
@@ -128,6 +136,14 @@ def build_parser() -> argparse.ArgumentParser:
     local_model.add_argument(
         "--out", default=None, help="GGUF path to write (default: ~/.cache/fame/models/...)"
     )
+
+    serve = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="HTTP detection service with a dashboard, metrics and webhook alerts",
+    )
+    serve.add_argument("--bundle", required=True, help="bundle directory from 'fame setup'")
+    _add_settings(serve, DETECT, SERVE)
 
     triage = sub.add_parser(
         "triage", parents=[common], help="list or set verdicts on never-seen templates"
@@ -442,6 +458,18 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from fame.serve.server import serve
+    except ImportError as exc:
+        raise InputError(
+            f"fame serve needs the serve extra ({exc.name} is missing): pip install "
+            "'fame[serve]' (or make install)"
+        ) from exc
+    serve(args.bundle, _settings(args))
+    return EXIT_OK
+
+
 def _error(exc: Exception) -> None:
     """Print an error for a person: the message only, no traceback."""
     sys.stderr.write(f"fame: error: {exc}\n")
@@ -456,6 +484,7 @@ COMMANDS = {
     "partition": _cmd_partition,
     "local-model": _cmd_local_model,
     "triage": _cmd_triage,
+    "serve": _cmd_serve,
 }
 
 

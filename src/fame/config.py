@@ -21,6 +21,7 @@ from fame.errors import ConfigError
 SETUP = "setup"
 DETECT = "detect"
 FORMAT = "format"
+SERVE = "serve"
 
 
 def _opt(default: Any, help: str, *groups: str, choices: tuple[str, ...] | None = None) -> Any:
@@ -267,6 +268,54 @@ class Settings:
         DETECT,
     )
 
+    # -- the detection service (fame serve) ------------------------------------------------
+    host: str = _opt(
+        "127.0.0.1",
+        "address to listen on; any address but loopback requires a bearer token",
+        SERVE,
+    )
+    port: int = _opt(8080, "TCP port to listen on", SERVE)
+    token_env: str = _opt(
+        "FAME_SERVE_TOKEN",
+        "environment variable holding the bearer token clients must send (Authorization: "
+        "Bearer TOKEN); tokens are never read from options or logged",
+        SERVE,
+    )
+    token_file: str | None = _opt(
+        None, "file holding the bearer token (instead of the environment variable)", SERVE
+    )
+    database_url: str | None = _opt(
+        None,
+        "where anomalous detections are kept: a SQLAlchemy URL, e.g. "
+        "postgresql://user@host/db (default: SQLite file BUNDLE.detections.sqlite beside the "
+        "bundle)",
+        SERVE,
+    )
+    retention_hours: float = _opt(
+        168.0, "stored detections older than this are deleted (hours)", SERVE
+    )
+    request_max_bytes: int = _opt(
+        16 * 1024 * 1024, "largest request body accepted (bytes; larger: 413)", SERVE
+    )
+    request_max_lines: int = _opt(10_000, "most lines per request (more: 413)", SERVE)
+    request_max_line_chars: int = _opt(
+        20_000, "longest line accepted in a request (characters; longer: 422)", SERVE
+    )
+    alert_webhook_url: str | None = _opt(
+        None,
+        "URL that receives an Alertmanager-style JSON alert when a domain's anomaly count "
+        "within alert_window_s reaches alert_threshold",
+        SERVE,
+    )
+    alert_threshold: int = _opt(10, "anomalies of one domain within the window that alert", SERVE)
+    alert_window_s: float = _opt(300.0, "alerting window (seconds)", SERVE)
+    alert_cooldown_s: float = _opt(
+        900.0, "after an alert, seconds before the same domain alerts again", SERVE
+    )
+    shutdown_timeout_s: float = _opt(
+        30.0, "on SIGTERM, how long accepted requests may take to finish (seconds)", SERVE
+    )
+
     def __post_init__(self) -> None:
         self.validate()
 
@@ -292,6 +341,10 @@ class Settings:
             "triage_budget",
             "llm_max_output_tokens",
             "llm_max_normal_events",
+            "request_max_bytes",
+            "request_max_lines",
+            "request_max_line_chars",
+            "alert_threshold",
         )
         for name in positive_ints:
             value = getattr(self, name)
@@ -328,6 +381,7 @@ class Settings:
                 "proposer 'file' needs --partition-file PATH (a JSON partition); write one "
                 "with 'fame setup --partition-file PATH' using the tfidf proposer first"
             )
+        self._validate_serve()
         choices = dataclasses.fields(self)
         for f in choices:
             allowed = f.metadata.get("choices")
@@ -336,6 +390,21 @@ class Settings:
                     f"setting {f.name} must be one of {', '.join(allowed)}; "
                     f"got {getattr(self, f.name)!r}"
                 )
+
+    def _validate_serve(self) -> None:
+        if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
+            raise ConfigError(f"setting port must be an integer in [0, 65535], got {self.port!r}")
+        for name in ("retention_hours", "alert_window_s", "shutdown_timeout_s"):
+            if not float(getattr(self, name)) > 0:
+                raise ConfigError(f"setting {name} must be > 0, got {getattr(self, name)!r}")
+        if float(self.alert_cooldown_s) < 0:
+            raise ConfigError(f"setting alert_cooldown_s must be >= 0, got {self.alert_cooldown_s}")
+        url = self.alert_webhook_url
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                "setting alert_webhook_url must be an http:// or https:// URL (the value "
+                "given is not shown: URLs can hold secrets)"
+            )
 
     def model_field_list(self) -> list[str] | None:
         """The ``model_fields`` setting as a list, or None for the format's default."""
