@@ -28,12 +28,14 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 from fame.config import Settings
 from fame.errors import ConfigError, InputError
 from fame.logs import LogRecord, count_lines, load_label_csv, read_records
+from fame.parsing import TemplateParser
 from fame.sampling import KShotSample
 from fame.setup import OfflineData, make_format, parse_and_sample
 
@@ -119,6 +121,11 @@ class Split:
         return [bool(r.label) for r in self.test]
 
 
+def _k_priority(k: int) -> tuple[int, int]:
+    """Compute order of the K sweep: K=25 and K=10 first, then the rest by size."""
+    return (0 if k in (25, 10) else 1, k)
+
+
 def fame_row_id(variant: str, k: int, seed: int) -> str:
     """Cache id of a FAME row."""
     return f"fame_{variant}_k{k}_s{seed}"
@@ -199,6 +206,7 @@ def plan_rows(*, quick: bool, llm_reason: str | None, loglead_reason: str | None
             (GROUP_TABLE1,),
             main_k,
             options=(("phase1", False),),
+            reason=skipped if quick else None,
         ),
         Row(
             fame_row_id("single-p2", main_k, 0),
@@ -247,14 +255,24 @@ def plan_rows(*, quick: bool, llm_reason: str | None, loglead_reason: str | None
             "(../shared/data/thunderbird holds normal lines only)",
         ),
     ]
-    for seed in seeds:
-        if seed != 0:
-            rows.append(Row(fame_row_id("tfidf", main_k, seed), "FAME, TF-IDF grouping", FAME,
-                            (GROUP_SEEDS,), main_k, seed, phase1_from=main))  # fmt: skip
-    for k in ks:
-        if k != main_k:
-            rows.append(Row(fame_row_id("tfidf", k, 0), "FAME, TF-IDF grouping", FAME,
-                            (GROUP_K,), k, phase1_from=main))  # fmt: skip
+    spread = [
+        Row(fame_row_id("tfidf", main_k, seed), "FAME, TF-IDF grouping", FAME, (GROUP_SEEDS,),
+            main_k, seed, phase1_from=main)
+        for seed in seeds
+        if seed != 0
+    ]  # fmt: skip
+    sweep = [
+        Row(fame_row_id("tfidf", k, 0), "FAME, TF-IDF grouping", FAME, (GROUP_K,), k,
+            phase1_from=main)
+        for k in sorted(ks, key=_k_priority)
+        if k != main_k
+    ]  # fmt: skip
+    # Seeds and small K first, interleaved (cheap, and each adds a point); K > 100 last.
+    cheap = [r for r in sweep if r.k <= main_k]
+    later = [r for r in rows if r.id == fame_row_id("single-p2", main_k, 0)]
+    rows = [r for r in rows if r not in later]
+    rows += [r for pair in zip_longest(cheap, spread) for r in pair if r is not None]
+    rows += later + [r for r in sweep if r.k > main_k]
     return [r if r.reason is None else dataclasses.replace(r, kind=NOT_RUN) for r in rows]
 
 
@@ -400,6 +418,7 @@ class _Runner:
         self.report_only = report_only
         self.only = set(only) if only else None
         self._split: Split | None = None
+        self._parsed: tuple[TemplateParser, list[str]] | None = None
         self._total_lines = count_lines(log)
 
     # -- cache ---------------------------------------------------------------------------------
@@ -558,13 +577,16 @@ class _Runner:
 
     def _run_baseline(self, row: Row) -> dict[str, Any]:
         from fame.evaluation.baselines import BaselineContext, run_baseline
-        from fame.parsing import TemplateParser
 
         split = self.split()
         name = str(dict(row.options)["baseline"])
-        # The same parser settings and K-shot sample as FAME's row at this K.
-        parser = TemplateParser(sim_th=self.settings.drain_sim_th, depth=self.settings.drain_depth)
-        event_ids = parser.learn(split.offline.contents)
+        # The same parser settings and K-shot sample as FAME's row at this K, parsed once.
+        if self._parsed is None:
+            parser = TemplateParser(
+                sim_th=self.settings.drain_sim_th, depth=self.settings.drain_depth
+            )
+            self._parsed = (parser, parser.learn(split.offline.contents))
+        parser, event_ids = self._parsed
         _, sample = self.sample(row.k)
         context = BaselineContext(split.offline, parser, event_ids, sample, row.seed)
         result = run_baseline(

@@ -185,7 +185,9 @@ def _table1(rows: list[dict[str, Any]], plots: dict[str, str]) -> str:
         "| method | K | precision | recall | F1 | AUROC | TP / FP / FN / TN | labelled lines |",
         "|---|---:|---:|---:|---:|---:|---|---:|",
     ]
-    for row in done(rows, "table1"):
+    order = {"fame": 0, "baseline": 1, "loglead": 2}
+    table = sorted(done(rows, "table1"), key=lambda r: order.get(r["kind"], 3))
+    for row in table:
         lines.append(
             f"| {row['method']} | {row['k']} | {_pct(row['precision'])} | {_pct(row['recall'])} "
             f"| **{_pct(row['f1'])}** | {_pct(row['auroc'])} | {_counts(row)} "
@@ -194,7 +196,11 @@ def _table1(rows: list[dict[str, Any]], plots: dict[str, str]) -> str:
     for row in rows:
         if "table1" in row["groups"] and row["status"] != "done":
             lines.append(f"| {row['method']} | {row['k']} | not run: {row['reason']} |||||||")
-    notes = [f"{r['method']}: {r['note']}" for r in done(rows, "table1") if r.get("note")]
+    notes = [
+        f"{'LogLead rows' if r['kind'] == 'loglead' else r['method']}: {r['note']}"
+        for r in table
+        if r.get("note")
+    ]
     notes += [
         f"{r['method']}: reuses the Phase 1 checkpoint of `{r['phase1_checkpoint_of']}`"
         for r in done(rows, "table1")
