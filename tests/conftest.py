@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from fame.certification import CertifiedPartition, certify, universal_normal_texts
 from fame.config import Settings
+from fame.evaluation.evaluate import EvaluationResult
 from fame.partition import Partition
 from fame.sampling import KShotSample
 from fame.setup import parse_and_sample, read_offline
@@ -58,3 +61,48 @@ def certify_bgl_2k(
         return certify(partition, sample, normal_pool_texts=pool)
 
     return run
+
+
+# -- the detection service (tests/test_serve_*.py) ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def serve_bundle(request: pytest.FixtureRequest) -> Path:
+    """The session's small BGL_2k bundle, for the service tests.
+
+    ``FAME_TEST_BUNDLE=DIR`` reuses a bundle trained the same way (a faster local rerun).
+    """
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    if os.environ.get("FAME_TEST_BUNDLE"):
+        return Path(os.environ["FAME_TEST_BUNDLE"])
+    run: EvaluationResult = request.getfixturevalue("bgl_2k_run")
+    return run.out / "bundle"
+
+
+@pytest.fixture(scope="session")
+def webhook() -> Iterator[Any]:
+    """A real local HTTP receiver of alert webhooks (``serve_harness.Receiver``)."""
+    from serve_harness import start_receiver
+
+    receiver = start_receiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture(scope="session")
+def fame_service(
+    serve_bundle: Path, webhook: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """One real ``fame serve`` process on 127.0.0.1 (token on, small limits, alerts on)."""
+    from serve_harness import start_service
+
+    service = start_service(
+        serve_bundle,
+        tmp_path_factory.mktemp("serve"),
+        *("--request-max-bytes", "400000", "--request-max-lines", "1000"),
+        *("--request-max-line-chars", "5000"),
+        *("--alert-webhook-url", webhook.url, "--alert-threshold", "3"),
+        *("--alert-window-s", "3600", "--alert-cooldown-s", "3600"),
+    )
+    yield service
+    service.stop()

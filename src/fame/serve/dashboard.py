@@ -38,6 +38,7 @@ PALETTE = (
 )
 OTHER_COLOUR = "#999999"
 WIDTH, HEIGHT = 960, 220
+LATEST_TIME = 253_402_300_799.0  # 9999-12-31T23:59:59Z, the last time datetime can show
 PAD_LEFT, PAD_BOTTOM, PAD_TOP = 44, 26, 10
 
 
@@ -53,21 +54,19 @@ def parse_time(value: str | None, name: str) -> float | None:
     try:
         number = float(text)
     except ValueError:
-        pass
-    else:
-        if math.isfinite(number):
-            return number
-        raise InputError(f"{name} must be a finite time, got {value!r}")
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise InputError(
-            f"{name} must be epoch seconds or an ISO 8601 time such as 2026-12-04T10:00, "
-            f"got {value!r}"
-        ) from exc
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise InputError(
+                f"{name} must be epoch seconds or an ISO 8601 time such as 2026-12-04T10:00, "
+                f"got {value!r}"
+            ) from exc
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        number = parsed.timestamp()
+    if not (math.isfinite(number) and 0 <= number <= LATEST_TIME):
+        raise InputError(f"{name} must lie between 1970 and 9999, got {value!r}")
+    return number
 
 
 def fmt_time(epoch: float, *, seconds: bool = True) -> str:

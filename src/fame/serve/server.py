@@ -105,6 +105,9 @@ def serve(bundle: str | Path, settings: Settings) -> None:
 
     runtime.on_failed = on_failed
     previous = _install_sighup(runtime)
+    # uvicorn handles SIGTERM and SIGINT while it runs, then re-raises the signal it caught to
+    # the handler found before it: a no-op here, so that a graceful stop exits 0.
+    stops = _quiet_stop_signals()
     logger.info(
         "serving on http://%s:%d (authentication %s)",
         settings.host,
@@ -118,6 +121,8 @@ def serve(bundle: str | Path, settings: Settings) -> None:
     finally:
         if previous is not None:
             signal.signal(signal.SIGHUP, previous)
+        for sig, handler in stops.items():
+            signal.signal(sig, handler)
     if failure:
         raise FameError(f"the service stopped: the bundle could not be loaded: {failure[0]}")
     if not server.started:
@@ -136,3 +141,13 @@ def _install_sighup(runtime: Runtime) -> Any:
         runtime.reload_in_background()
 
     return signal.signal(signal.SIGHUP, handler)
+
+
+def _quiet_stop_signals() -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def ignore(signum: int, frame: FrameType | None) -> None:
+        logger.debug("%s after the graceful stop", signal.Signals(signum).name)
+
+    return {sig: signal.signal(sig, ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
