@@ -34,6 +34,22 @@ def bgl_2k(shared_data: Path) -> Path:
     return shared_data / "bgl" / "BGL_2k.log"
 
 
+# A small but real configuration: setup on BGL_2k's first 85% takes about two minutes.
+SMALL_SETUP = {"k": 20, "phase1_max_steps": 20, "seed": 0}
+
+
+@pytest.fixture(scope="session")
+def bgl_2k_run(bgl_2k: Path, tmp_path_factory: pytest.TempPathFactory) -> EvaluationResult:
+    """One ``fame evaluate`` run on BGL_2k (bundle in ``.bundle``), shared by the session.
+
+    Tests may read the bundle and the run's files; none may change them.
+    """
+    import fame.api as fame
+
+    out = tmp_path_factory.mktemp("bgl_2k_run")
+    return fame.evaluate(bgl_2k, out, test_fraction=0.15, **SMALL_SETUP)
+
+
 @pytest.fixture(scope="session")
 def bgl_parsed(bgl_2k: Path) -> tuple[list[str], list[str], KShotSample]:
     """BGL_2k's model texts, EventIDs and K-shot sample under the default settings."""

@@ -17,6 +17,7 @@ from fame.certification import CertifiedPartition, DomainKind
 from fame.detector import Detector
 from fame.logs import get_format
 from fame.models.encoder import load_tokenizer, resolve_encoder
+from fame.models.inference import TorchBackend
 from fame.parsing import TemplateParser
 from fame.partition import UNIVERSAL_NORMAL
 from fame.result import Route
@@ -89,17 +90,17 @@ def detector() -> Detector:
             "universal_normal": {"weight": 0.0, "threshold": 0.7},
         },
         routing={"has_gate": True, "selector_classes": classes},
-        tokenizer=tokenizer,
-        trunk=trunk,
-        router_trunk=trunk,
-        router_tokenizer=tokenizer,
-        heads={
-            "gate": gate,
-            "selector": selector,
-            "expert/MIX": mix,
-            f"expert/{UNIVERSAL_NORMAL}": un,
-        },
-        max_tokens=16,
+        backend=TorchBackend(
+            tokenizer=tokenizer,
+            trunk=trunk,
+            heads={
+                "gate": gate,
+                "selector": selector,
+                "expert/MIX": mix,
+                f"expert/{UNIVERSAL_NORMAL}": un,
+            },
+            max_tokens=16,
+        ),
         route_known_templates=False,
     )
 

@@ -32,24 +32,17 @@ def setup(
     return run_setup(logs, Settings.from_dict(settings), out, progress=progress)
 
 
-def load(
-    bundle: str | Path,
-    *,
-    cache_size: int = 100_000,
-    route_known_templates: bool = True,
-    novelty: bool = True,
-) -> Detector:
-    """Load a bundle for detection (see :class:`Settings` for the options)."""
-    return Detector.load(
-        bundle,
-        cache_size=cache_size,
-        route_known_templates=route_known_templates,
-        novelty=novelty,
-    )
+def load(bundle: str | Path, **settings: Any) -> Detector:
+    """Load a bundle for detection; keyword arguments are detection settings.
+
+    For example ``load("bundle", cache_size=0, engine="torch", precision="fp32")``; see
+    :class:`Settings` for every option and its default.
+    """
+    return Detector.from_settings(bundle, Settings.from_dict(settings))
 
 
 def detect(
-    bundle: str | Path, lines: Iterable[str], *, batch_size: int = 256
+    bundle: str | Path, lines: Iterable[str], *, batch_size: int = 1024
 ) -> Iterator[Detection]:
     """Score raw log lines with a bundle: one result per line, in order."""
     return load(bundle).detect_lines(lines, batch_size=batch_size)

@@ -264,13 +264,7 @@ def _cmd_detect(args: argparse.Namespace) -> int:
         from fame.triage import build_triage
 
         triage = build_triage(args.bundle, settings)
-    detector = Detector.load(
-        args.bundle,
-        cache_size=settings.cache_size,
-        route_known_templates=settings.route_known_templates,
-        novelty=settings.novelty,
-        triage=triage,
-    )
+    detector = Detector.from_settings(args.bundle, settings, triage=triage)
     stats = ReadStats()
     stop = threading.Event()
     follow: FollowSource | None = None

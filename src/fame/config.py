@@ -23,6 +23,14 @@ DETECT = "detect"
 FORMAT = "format"
 SERVE = "serve"
 
+# Detection engines and precisions (see fame.models.inference). int8 is the default because
+# it was measured not to cost F1: on the BGL sample's test region at K=100 int8 and fp32 gave
+# the same F1 (0.714, identical TP/FP/FN), at twice the lines/s (benchmarks/bench_detect.py).
+ENGINES = ("onnx", "torch", "reference")
+PRECISIONS = ("int8", "fp32")
+DEFAULT_ENGINE = "onnx"
+DEFAULT_PRECISION = "int8"
+
 
 def _opt(default: Any, help: str, *groups: str, choices: tuple[str, ...] | None = None) -> Any:
     """Declare a setting: its default, its help text and the command groups that use it."""
@@ -63,8 +71,9 @@ class Settings:
 
     threads: int = _opt(
         0,
-        "CPU threads for torch (0: torch's default, one per core); use 1 when another busy "
-        "process shares a small machine, where spinning threads slow training many times",
+        "CPU threads for torch, and the onnx engine's scoring workers (0: one per core); use 1 "
+        "when another busy process shares a small machine, where spinning threads slow "
+        "training many times",
         SETUP,
         DETECT,
     )
@@ -250,7 +259,12 @@ class Settings:
     )
 
     # -- detection -------------------------------------------------------------------------
-    batch_size: int = _opt(256, "lines per detection batch", DETECT)
+    batch_size: int = _opt(
+        1024,
+        "most lines per detection batch (a batch is also cut at flush_ms); larger batches "
+        "give the engine more distinct lines to spread over the cores",
+        DETECT,
+    )
     cache_size: int = _opt(
         100_000, "results cached by model-visible text; 0 turns the cache off", DETECT
     )
@@ -265,6 +279,26 @@ class Settings:
         200,
         "longest wait (ms) between a line arriving and its result being written: a batch "
         "smaller than batch_size is scored once this much time passed since its first line",
+        DETECT,
+    )
+    engine: str = _opt(
+        DEFAULT_ENGINE,
+        "detection engine: onnx (onnxruntime on the CPU), torch, or reference (the paper's "
+        "architecture: a full fp32 model per stage, one line at a time; for comparisons)",
+        DETECT,
+        choices=ENGINES,
+    )
+    precision: str = _opt(
+        DEFAULT_PRECISION,
+        "onnx engine precision: int8 (dynamic quantisation) or fp32; see the README for "
+        "the measured F1 of each",
+        DETECT,
+        choices=PRECISIONS,
+    )
+    onnx_cache_dir: str | None = _opt(
+        None,
+        "where to keep the ONNX export of a bundle that carries none (default "
+        "~/.cache/fame/onnx, or $FAME_ONNX_CACHE)",
         DETECT,
     )
 

@@ -13,23 +13,32 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from fame import bundle as bundle_io
 from fame.calibration import fuse, to_calibrated_score
 from fame.certification import CertifiedPartition, DomainKind
-from fame.errors import BundleError
+from fame.config import DEFAULT_ENGINE, DEFAULT_PRECISION, ENGINES, Settings
+from fame.errors import BundleError, ConfigError
 from fame.logs import LogFormat, LogRecord, ReadStats, read_records
 from fame.logs.formats import format_from_json
-from fame.models.encoder import load_saved_encoder, tokenize
+from fame.models.encoder import load_saved_encoder
+from fame.models.export import find_or_export
 from fame.models.heads import load_heads
+from fame.models.inference import (
+    Encoded,
+    InferenceBackend,
+    OnnxBackend,
+    PerStageTorchBackend,
+    TorchBackend,
+)
 from fame.models.trunk import Trunk
-from fame.novelty import NoveltyModel, pooled_from_batch
+from fame.novelty import NoveltyModel
 from fame.parsing import TemplateParser
 from fame.partition import UNIVERSAL_NORMAL
 from fame.result import Detection, Route
@@ -40,7 +49,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 GATE_THRESHOLD = 0.5  # paper III-C1: the routing threshold is fixed at 0.5
-SUB_BATCH = 64  # texts per trunk pass; sorted by length so padding stays small
+SUB_BATCH = 64  # most texts per trunk pass; sorted by length so padding stays small
+CHUNK_CHARS = 64 * 160  # and at most this many characters of padded text per pass
 GATE_HEAD = "gate"
 SELECTOR_HEAD = "selector"
 
@@ -64,7 +74,7 @@ class _Verdict:
     anomaly: bool
     score: float
     raw_score: float
-    gate: float
+    gate: float | None
     route: Route
     domain: str | None
 
@@ -79,12 +89,7 @@ class Detector:
         partition: The certified partition.
         calibration: Thresholds per mixed domain and the UNIVERSAL_NORMAL fusion.
         routing: Gate and selector layout (``has_gate``, ``selector_classes``).
-        tokenizer: Tokenizer of the trunk.
-        trunk: Shared frozen lower layers of the expert encoder.
-        router_trunk: The router's trunk (the same object when the router shares it).
-        router_tokenizer: Its tokenizer.
-        heads: Gate, selector and expert heads by name.
-        max_tokens: Token limit per line.
+        backend: Runs the trunk and the heads (see :mod:`fame.models.inference`).
         cache_size: Size of the result cache (0 = off).
         route_known_templates: Route a line that matches a frozen template to that template's
             certified domain instead of asking the gate and selector; the learned router then
@@ -104,12 +109,7 @@ class Detector:
         partition: CertifiedPartition,
         calibration: dict[str, Any],
         routing: dict[str, Any],
-        tokenizer: Any,
-        trunk: Trunk,
-        router_trunk: Trunk,
-        router_tokenizer: Any,
-        heads: dict[str, Any],
-        max_tokens: int,
+        backend: InferenceBackend,
         cache_size: int = 100_000,
         route_known_templates: bool = True,
         novelty: NoveltyModel | None = None,
@@ -121,12 +121,7 @@ class Detector:
         self.partition = partition
         self.calibration = calibration
         self.routing = routing
-        self.tokenizer = tokenizer
-        self.trunk = trunk
-        self.router_trunk = router_trunk
-        self.router_tokenizer = router_tokenizer
-        self.heads = heads
-        self.max_tokens = max_tokens
+        self.backend = backend
         self.cache_size = cache_size
         self.route_known_templates = route_known_templates
         self.novelty = novelty
@@ -134,8 +129,30 @@ class Detector:
         self._cache: OrderedDict[_Key, _Verdict] = OrderedDict()
         self.cache_hits = 0
         self.cache_misses = 0
+        self._pool = (
+            ThreadPoolExecutor(max_workers=backend.workers, thread_name_prefix="fame-score")
+            if backend.workers > 1
+            else None
+        )
 
     # -- loading -----------------------------------------------------------------------------
+
+    @classmethod
+    def from_settings(
+        cls, root: str | Path, settings: Settings, *, triage: Triage | None = None
+    ) -> Detector:
+        """Load a bundle with the detection settings of ``settings`` (CLI, service, API)."""
+        return cls.load(
+            root,
+            cache_size=settings.cache_size,
+            route_known_templates=settings.route_known_templates,
+            novelty=settings.novelty,
+            triage=triage,
+            engine=settings.engine,
+            precision=settings.precision,
+            threads=settings.threads,
+            onnx_cache_dir=settings.onnx_cache_dir,
+        )
 
     @classmethod
     def load(
@@ -146,6 +163,10 @@ class Detector:
         route_known_templates: bool = True,
         novelty: bool = True,
         triage: Triage | None = None,
+        engine: str = DEFAULT_ENGINE,
+        precision: str = DEFAULT_PRECISION,
+        threads: int = 0,
+        onnx_cache_dir: str | None = None,
     ) -> Detector:
         """Load a bundle written by ``fame setup``.
 
@@ -155,31 +176,40 @@ class Detector:
             route_known_templates: See the class.
             novelty: Use the bundle's novelty path when it has one.
             triage: Per-template verdicts to apply (see :mod:`fame.triage`).
+            engine: ``onnx`` (onnxruntime), ``torch`` or ``reference`` (the paper's
+                architecture: a full model per stage, one line at a time; for comparisons).
+            precision: ``int8`` or ``fp32`` (the onnx engine; the others run fp32).
+            threads: CPU threads of the onnx engine (0: one per core).
+            onnx_cache_dir: Where to keep the ONNX export of a bundle that carries none.
 
         Raises:
             BundleError: the bundle is missing, incomplete, corrupt or of another version.
+            ConfigError: an unknown engine or precision.
         """
+        if engine not in ENGINES:
+            raise ConfigError(f"engine {engine!r}; expected one of {', '.join(ENGINES)}")
         path = Path(root)
-        bundle_io.check_bundle(path)
+        manifest = bundle_io.check_bundle(path)
         settings = bundle_io.read_json(path / "settings.json")
         fmt = format_from_json(bundle_io.read_json(path / "format.json"))
         parser = TemplateParser.from_json(bundle_io.read_json(path / "templates.json"))
         partition = CertifiedPartition.from_json(bundle_io.read_json(path / "certification.json"))
         calibration = bundle_io.read_json(path / "calibration.json")
         routing = bundle_io.read_json(path / "routing.json")
+        max_tokens = int(settings["max_tokens"])
 
         encoder, tokenizer = load_saved_encoder(path / "encoder")
         n_frozen = int(routing["n_frozen_layers"])
         trunk = Trunk(encoder, n_frozen)
         configs = {}
+        router_trunk, r_tokenizer = None, None
         if routing.get("router_encoder_dir"):
             r_encoder, r_tokenizer = load_saved_encoder(path / routing["router_encoder_dir"])
             router_trunk = Trunk(r_encoder, int(routing["router_n_frozen_layers"]))
             # Router heads were cut from the router's own encoder, not the experts'.
             configs = {GATE_HEAD: r_encoder.config, SELECTOR_HEAD: r_encoder.config}
-        else:
-            router_trunk, r_tokenizer = trunk, tokenizer
         heads = load_heads(path / "heads.safetensors", encoder.config, configs=configs)
+        del encoder
         heads_needed = [expert_head_name(d) for d in partition.mixed_domains]
         if routing.get("has_gate"):
             heads_needed.append(GATE_HEAD)
@@ -193,12 +223,37 @@ class Detector:
             )
         for head in heads.values():
             head.eval()
+        models: dict[str, Any] = {
+            "tokenizer": tokenizer,
+            "trunk": trunk,
+            "heads": heads,
+            "max_tokens": max_tokens,
+            "router_trunk": router_trunk,
+            "router_tokenizer": r_tokenizer,
+            "router_heads": list(configs),
+        }
+        backend: InferenceBackend
+        if engine == "onnx":
+            folder = find_or_export(path, manifest, cache_dir=onnx_cache_dir, **models)
+            backend = OnnxBackend(
+                folder,
+                tokenizer=tokenizer,
+                max_tokens=max_tokens,
+                precision=precision,
+                threads=threads,
+                router_tokenizer=r_tokenizer,
+            )
+        elif engine == "torch":
+            backend = TorchBackend(**models)
+        else:
+            backend = PerStageTorchBackend(**models)
         novelty_model = None
         if novelty and (path / "novelty.json").is_file():
             novelty_model = NoveltyModel.from_json(bundle_io.read_json(path / "novelty.json"))
             if not novelty_model.enabled:
                 logger.info("the bundle's novelty path is disabled (see its report)")
                 novelty_model = None
+        logger.info("detection engine: %s", backend.name)
         return cls(
             root=path,
             fmt=fmt,
@@ -206,12 +261,7 @@ class Detector:
             partition=partition,
             calibration=calibration,
             routing=routing,
-            tokenizer=tokenizer,
-            trunk=trunk,
-            router_trunk=router_trunk,
-            router_tokenizer=r_tokenizer,
-            heads=heads,
-            max_tokens=int(settings["max_tokens"]),
+            backend=backend,
             cache_size=cache_size,
             route_known_templates=route_known_templates,
             novelty=novelty_model,
@@ -221,7 +271,7 @@ class Detector:
     # -- public API --------------------------------------------------------------------------
 
     def detect_records(
-        self, records: Iterable[LogRecord], *, batch_size: int = 256
+        self, records: Iterable[LogRecord], *, batch_size: int = 1024
     ) -> Iterator[Detection]:
         """Score records, yielding exactly one :class:`Detection` per record, in order."""
         batch: list[LogRecord] = []
@@ -233,7 +283,7 @@ class Detector:
         if batch:
             yield from self._detect_batch(batch)
 
-    def detect_lines(self, lines: Iterable[str], *, batch_size: int = 256) -> Iterator[Detection]:
+    def detect_lines(self, lines: Iterable[str], *, batch_size: int = 1024) -> Iterator[Detection]:
         """Score raw log lines (in the bundle's format), one result per line, in order."""
         return self.detect_file(_LineStream(lines), batch_size=batch_size)
 
@@ -241,7 +291,7 @@ class Detector:
         self,
         source: Any,
         *,
-        batch_size: int = 256,
+        batch_size: int = 1024,
         stats: ReadStats | None = None,
     ) -> Iterator[Detection]:
         """Stream a file path, ``"-"`` for stdin, or a binary file object through detection."""
@@ -322,38 +372,38 @@ class Detector:
                 self._cache.popitem(last=False)
         return [v for v in (known[k] for k in keys) if v is not None]
 
-    @torch.inference_mode()
     def _score_unique(self, keys: list[_Key]) -> list[_Verdict]:
-        order = sorted(range(len(keys)), key=lambda i: len(keys[i][0]))
+        """Scores distinct keys in length-sorted chunks, in parallel where the backend can."""
+        chunks = _length_chunks([key[0] for key in keys], self.backend.workers)
+        parts: Iterable[list[_Verdict]]
+        if self._pool is not None and len(chunks) > 1:
+            parts = self._pool.map(lambda idx: self._score_chunk([keys[i] for i in idx]), chunks)
+        else:
+            parts = (self._score_chunk([keys[i] for i in idx]) for idx in chunks)
         results: list[_Verdict | None] = [None] * len(keys)
-        for start in range(0, len(order), SUB_BATCH):
-            idx = order[start : start + SUB_BATCH]
-            chunk = [keys[i] for i in idx]
-            for i, verdict in zip(idx, self._score_chunk(chunk), strict=True):
+        for idx, verdicts in zip(chunks, parts, strict=True):
+            for i, verdict in zip(idx, verdicts, strict=True):
                 results[i] = verdict
         return [r for r in results if r is not None]
 
-    def _hidden(self, trunk: Trunk, tokenizer: Any, texts: list[str]) -> tuple[Any, Any]:
-        enc = tokenize(tokenizer, texts, self.max_tokens)
-        mask = enc["attention_mask"]
-        return trunk(enc["input_ids"], mask), mask
-
     def _score_chunk(self, keys: list[_Key]) -> list[_Verdict]:
         texts = [key[0] for key in keys]
-        hidden, mask = self._hidden(self.trunk, self.tokenizer, texts)
-        if self.router_trunk is self.trunk:
-            r_hidden, r_mask = hidden, mask
-        else:
-            r_hidden, r_mask = self._hidden(self.router_trunk, self.router_tokenizer, texts)
+        encoded = self.backend.encode(texts)
 
-        # Gate: probability that a line belongs to any expert domain (III-C1).
+        # Gate: probability that a line belongs to any expert domain (III-C1). A line whose
+        # known template fixes its domain needs it only where the decision uses it: the
+        # pure-anomaly score and a UNIVERSAL_NORMAL fusion with a non-zero weight.
         n = len(texts)
+        un_weight = float(self.calibration["universal_normal"]["weight"])
+        gate = np.full(n, np.nan)
         if self.routing.get("has_gate"):
-            gate = self.heads[GATE_HEAD].score(r_hidden, r_mask).reshape(-1).numpy()
+            needed = [i for i in range(n) if self._needs_gate(keys[i][1], un_weight)]
+            if needed:
+                gate[needed] = self.backend.score(GATE_HEAD, encoded, needed).reshape(-1)
         else:
-            gate = np.zeros(n, dtype=np.float32)
+            gate[:] = 0.0
         routed = np.flatnonzero(
-            (gate >= GATE_THRESHOLD) & np.array([key[1] is None for key in keys])
+            (np.nan_to_num(gate) >= GATE_THRESHOLD) & np.array([key[1] is None for key in keys])
         )
 
         # Selector: which expert domain (III-C2); trivial when there is only one.
@@ -362,8 +412,8 @@ class Detector:
         if len(routed) and len(classes) == 1:
             chosen = {int(i): classes[0] for i in routed}
         elif len(routed):
-            probs = self.heads[SELECTOR_HEAD].score(r_hidden[routed], r_mask[routed])
-            best = probs.argmax(dim=-1).numpy()
+            probs = self.backend.score(SELECTOR_HEAD, encoded, routed.tolist())
+            best = probs.argmax(axis=-1)
             chosen = {int(i): classes[int(c)] for i, c in zip(routed, best, strict=True)}
 
         verdicts: list[_Verdict | None] = [None] * n
@@ -383,25 +433,24 @@ class Detector:
                 by_domain.setdefault(domain, []).append(i)
 
         for domain, rows in by_domain.items():
-            scores = self.heads[expert_head_name(domain)].score(hidden[rows], mask[rows])
-            raw = scores.reshape(-1).numpy().astype(np.float64)
+            raw = self.backend.score(expert_head_name(domain), encoded, rows).reshape(-1)
             if domain == UNIVERSAL_NORMAL:
                 un = self.calibration["universal_normal"]
-                fused = fuse(raw, gate[rows].astype(np.float64), float(un["weight"]))
+                fused = fuse(raw, np.nan_to_num(gate[rows]), un_weight)
                 threshold = float(un["threshold"])
                 for j, i in enumerate(rows):
                     verdicts[i] = self._verdict(
-                        float(fused[j]), threshold, float(gate[i]), Route.UNIVERSAL_NORMAL, None
+                        float(fused[j]), threshold, _opt(gate[i]), Route.UNIVERSAL_NORMAL, None
                     )
             else:
                 threshold = float(self.calibration["experts"][domain]["threshold"])
                 for j, i in enumerate(rows):
                     verdicts[i] = self._verdict(
-                        float(raw[j]), threshold, float(gate[i]), Route.EXPERT, domain
+                        float(raw[j]), threshold, _opt(gate[i]), Route.EXPERT, domain
                     )
         novel = [i for i in range(n) if keys[i][2] is not None]
         if novel and self.novelty is not None:
-            self._novelty_verdicts(self.novelty, novel, keys, hidden, mask, gate, verdicts)
+            self._novelty_verdicts(self.novelty, novel, keys, encoded, gate, verdicts)
         return [v for v in verdicts if v is not None]
 
     def _novelty_verdicts(
@@ -409,13 +458,12 @@ class Detector:
         model: NoveltyModel,
         rows: list[int],
         keys: list[_Key],
-        hidden: Any,
-        mask: Any,
+        encoded: Encoded,
         gate: Any,
         verdicts: list[_Verdict | None],
     ) -> None:
         """Decide lines of never-seen templates by the calibrated novelty path."""
-        embeddings = pooled_from_batch(hidden[rows], mask[rows])
+        embeddings = self.backend.pooled(encoded, rows)
         fields = [keys[i][2] or () for i in rows]
         probabilities = model.probability(embeddings, fields)
         nearest = model.nearest(embeddings, anomalous_only=True)
@@ -434,12 +482,47 @@ class Detector:
                     domain = None if candidate == UNIVERSAL_NORMAL else candidate
             verdicts[i] = self._verdict(p, threshold, float(gate[i]), Route.NOVEL, domain)
 
+    def _needs_gate(self, forced: str | None, un_weight: float) -> bool:
+        if forced is None:
+            return True  # the gate routes the line
+        if forced == UNIVERSAL_NORMAL:
+            return un_weight != 0.0
+        return self.partition.kind_of(forced) is DomainKind.PURE_ANOMALY
+
     @staticmethod
     def _verdict(
-        raw: float, threshold: float, gate: float, route: Route, domain: str | None
+        raw: float, threshold: float, gate: float | None, route: Route, domain: str | None
     ) -> _Verdict:
         score = float(to_calibrated_score(raw, threshold))
         return _Verdict(raw >= threshold, score, raw, gate, route, domain)
+
+
+def _opt(value: float) -> float | None:
+    """A gate value, or None where the gate was not consulted (NaN)."""
+    return None if np.isnan(value) else float(value)
+
+
+def _length_chunks(texts: Sequence[str], workers: int = 1) -> list[list[int]]:
+    """Indices of ``texts`` sorted by length and cut into chunks of bounded padded size.
+
+    A chunk holds at most :data:`SUB_BATCH` texts and, padded to its longest, at most
+    :data:`CHUNK_CHARS` characters, so a few long lines do not pad many short ones; a
+    small batch is cut into at least ``workers`` chunks (of 8 texts or more) so that every
+    worker gets a share.
+    """
+    rows = min(SUB_BATCH, max(8, -(-len(texts) // max(workers, 1))))
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = max(len(texts[i]), 1)
+        if current and (len(current) >= rows or (len(current) + 1) * longest > CHUNK_CHARS):
+            chunks.append(current)
+            current = []
+        current.append(i)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _apply_triage(

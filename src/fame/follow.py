@@ -513,7 +513,7 @@ def run_detection_loop(
     records: Iterable[LogRecord],
     sink: TextIO,
     *,
-    batch_size: int = 256,
+    batch_size: int = 1024,
     flush_ms: int = 200,
     anomalies_only: bool = False,
     stop: threading.Event | None = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -36,7 +36,9 @@ class Detection:
         template: That template's text, or None.
         raw_score: The path's own score before the mapping (expert probability, fused
             UNIVERSAL_NORMAL score, or the gate probability on the pure-anomaly path).
-        gate: The gate's probability that the line belongs to an expert domain.
+        gate: The gate's probability that the line belongs to an expert domain; None when
+            the gate was not consulted (a known template routed by the partition to a domain
+            whose decision does not use it).
         malformed: The line did not fit the log format and was scored as raw text.
         novel: The line matched no frozen template (its template was never seen offline).
         verdict_source: On the triage route, who gave the template's verdict (``llm`` or
@@ -51,16 +53,24 @@ class Detection:
     event_id: str | None
     template: str | None
     raw_score: float
-    gate: float
+    gate: float | None
     malformed: bool = False
     novel: bool = False
     verdict_source: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (the JSON Lines schema of ``fame detect``)."""
-        out = asdict(self)
-        out["route"] = self.route.value
-        out["score"] = round(self.score, 6)
-        out["raw_score"] = round(self.raw_score, 6)
-        out["gate"] = round(self.gate, 6)
-        return out
+        return {
+            "line": self.line,
+            "anomaly": self.anomaly,
+            "score": round(self.score, 6),
+            "domain": self.domain,
+            "route": self.route.value,
+            "event_id": self.event_id,
+            "template": self.template,
+            "raw_score": round(self.raw_score, 6),
+            "gate": None if self.gate is None else round(self.gate, 6),
+            "malformed": self.malformed,
+            "novel": self.novel,
+            "verdict_source": self.verdict_source,
+        }

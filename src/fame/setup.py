@@ -30,6 +30,7 @@ from fame.logs import LogFormat, LogRecord, ReadStats, get_format, load_label_cs
 from fame.logs.formats import format_to_json
 from fame.models import training
 from fame.models.encoder import load_encoder, load_tokenizer, resolve_encoder, save_encoder
+from fame.models.export import export_onnx, hash_sources
 from fame.models.heads import save_heads
 from fame.models.phase1 import adapt_mlm
 from fame.models.trunk import Trunk
@@ -399,6 +400,18 @@ def build_bundle(
         bundle_io.write_json(out_dir / "routing.json", routing)
         if novelty_model is not None:
             bundle_io.write_json(out_dir / "novelty.json", novelty_model.to_json())
+        # The CPU engine's graphs (fp32 and int8), sealed with the rest by the manifest.
+        export_onnx(
+            out_dir / "onnx",
+            tokenizer=tokenizer,
+            trunk=trunk,
+            heads=heads,
+            source=hash_sources(out_dir),
+            router_trunk=router_trunk if router_dir else None,
+            router_tokenizer=r_tokenizer if router_dir else None,
+            router_heads=["gate", "selector"] if router_dir else [],
+            max_tokens=settings.max_tokens,
+        )
         report = {
             "offline_lines": len(data),
             "templates": len(templates),

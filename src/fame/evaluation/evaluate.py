@@ -114,13 +114,7 @@ def run_evaluate(
 
     # Test region, streamed through the detector in time order.
     triage = build_triage(bundle, settings, background=False) if settings.triage else None
-    detector = Detector.load(
-        bundle,
-        cache_size=settings.cache_size,
-        route_known_templates=settings.route_known_templates,
-        novelty=settings.novelty,
-        triage=triage,
-    )
+    detector = Detector.from_settings(bundle, settings, triage=triage)
     with (out_dir / "detections.jsonl").open("w", encoding="utf-8") as sink:
         replay = replay_stream(detector, records, batch_size=settings.batch_size, sink=sink)
     evaluation, n_test, detect_seconds = replay.evaluation, replay.lines, replay.seconds
