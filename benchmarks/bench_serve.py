@@ -125,7 +125,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         process, url = _start(args.bundle, Path(tmp), args.serve_arg)
         try:
+            load_before = os.getloadavg()
             latencies, errors, seconds = _load(url, batches, args.clients)
+            load_after = os.getloadavg()
             metrics = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).text
         finally:
             process.send_signal(signal.SIGTERM)
@@ -154,7 +156,12 @@ def main() -> None:
         },
         "cache_hit_ratio": hit_ratio,
         "serve_args": args.serve_arg,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            # Other work on the machine shows here: the figures are only as good as it was idle.
+            "load_avg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+        },
         "note": "loopback; service and clients share the machine's CPUs",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -108,6 +108,23 @@ def _error_schema() -> dict[str, Any]:
     }
 
 
+def _inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its local ``$defs`` written in place (OpenAPI has no ``$defs``)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            if ref.startswith("#/$defs/"):
+                return walk(defs[ref.removeprefix("#/$defs/")])
+            return {key: walk(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [walk(item) for item in node]
+        return node
+
+    return dict(walk(schema))
+
+
 _LINE_ITEM = {
     "anyOf": [
         {"type": "string", "description": "a raw log line in the bundle's format"},
@@ -135,7 +152,9 @@ DETECT_OPENAPI: dict[str, Any] = {
             "description": "one result per line, in order (the schema of `fame detect`)",
             "content": {
                 "application/json": {
-                    "schema": TypeAdapter(list[Detection]).json_schema(mode="serialization")
+                    "schema": _inline_refs(
+                        TypeAdapter(list[Detection]).json_schema(mode="serialization")
+                    )
                 },
                 NDJSON: {"schema": {"type": "string"}},
             },
