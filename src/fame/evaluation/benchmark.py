@@ -646,6 +646,7 @@ class _Runner:
                 else 0,
                 offline_lines=document["offline_lines"],
                 seconds=result["seconds"],
+                runner_seconds=document["seconds"],
                 peer_version=document["loglead_version"],
             )
             entries.append(entry)

@@ -371,7 +371,10 @@ def _cost(rows: list[dict[str, Any]], main: dict[str, Any] | None, results: dict
             key = "loglead"
             if key in seen:
                 continue
-            seconds = sum(float(r.get("seconds") or 0) for r in done(rows) if r["kind"] == key)
+            seconds = float(
+                row.get("runner_seconds")
+                or sum(float(r.get("seconds") or 0) for r in done(rows) if r["kind"] == key)
+            )
         seen.add(key)
         total += seconds
         lines.append(
