@@ -52,17 +52,7 @@ def load_bundle(bundle: str, settings: Settings) -> Loaded:
 
         triage = build_triage(bundle, settings)
     try:
-        from_settings = getattr(Detector, "from_settings", None)
-        if from_settings is not None:  # the engine's own reading of the detect settings
-            detector = from_settings(bundle, settings, triage=triage)
-        else:  # an engine without it: the same settings, spelled out
-            detector = Detector.load(
-                bundle,
-                cache_size=settings.cache_size,
-                route_known_templates=settings.route_known_templates,
-                novelty=settings.novelty,
-                triage=triage,
-            )
+        detector = Detector.from_settings(bundle, settings, triage=triage)
     except BaseException:
         if triage is not None:
             triage.close()
