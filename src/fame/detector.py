@@ -432,7 +432,18 @@ class Detector:
             else:
                 by_domain.setdefault(domain, []).append(i)
 
-        for domain, rows in by_domain.items():
+        for domain, all_rows in by_domain.items():
+            rows = all_rows
+            if self.novelty is not None:
+                # The novelty path decides never-seen templates; of the routing it keeps only
+                # the domain's name, so their expert scores would be thrown away.
+                rows = [i for i in all_rows if keys[i][2] is None]
+                named = None if domain == UNIVERSAL_NORMAL else domain
+                for i in all_rows:
+                    if keys[i][2] is not None:
+                        verdicts[i] = _Verdict(False, 0.0, 0.0, None, Route.NOVEL, named)
+                if not rows:
+                    continue
             raw = self.backend.score(expert_head_name(domain), encoded, rows).reshape(-1)
             if domain == UNIVERSAL_NORMAL:
                 un = self.calibration["universal_normal"]

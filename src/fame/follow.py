@@ -483,7 +483,8 @@ class _Failure:
 def _read_into(
     records: Iterable[LogRecord], out: queue.Queue[Any], stops: tuple[threading.Event, ...]
 ) -> None:
-    """Reader thread: put each record, then an end marker (or the exception met)."""
+    """Reader thread: put each record with its arrival time, then an end marker (or the
+    exception met)."""
 
     def stopped() -> bool:
         return any(event.is_set() for event in stops)
@@ -499,7 +500,7 @@ def _read_into(
 
     try:
         for record in records:
-            if stopped() or not put(record):
+            if stopped() or not put((record, time.monotonic())):
                 break
     except BaseException as exc:  # handed to the consuming thread, raised there
         put(_Failure(exc))
@@ -609,7 +610,7 @@ def run_detection_loop(
                     if isinstance(item, _Failure):
                         failure = item.exc
                         break
-                    batch.append(item)
+                    batch.append(item[0])
             else:
                 if batch:
                     wait = max(0.0, min(_QUEUE_POLL_S, first_at + flush_s - time.monotonic()))
@@ -625,9 +626,12 @@ def run_detection_loop(
                     failure = item.exc
                     done = True
                 elif item is not None:
+                    record, arrived = item
                     if not batch:
-                        first_at = time.monotonic()
-                    batch.append(item)
+                        # The wait counts from the line's arrival, not from when it was taken:
+                        # lines that queued up while a batch was scored go out at once.
+                        first_at = arrived
+                    batch.append(record)
             if batch and (
                 done or len(batch) >= batch_size or time.monotonic() - first_at >= flush_s
             ):
