@@ -117,6 +117,12 @@ def test_quick_benchmark_report_is_complete_and_consistent(quick: BenchmarkResul
     done = {r["id"] for r in rows if r["status"] == "done"}
     assert {"fame_tfidf_k20_s0", "fame_tfidf_k5_s0", "fame_single-p1p2_k20_s0"} <= done
     assert {"baseline_drain_rf_k20_s0", "baseline_sbert_lr_k20_s0"} <= done
+    # The No-Gate ablation trains a symmetric router: one selector with UNIVERSAL_NORMAL.
+    assert "fame_no-gate_k20_s0" in done
+    no_gate = quick.out.parent / "work" / "rows" / "fame_no-gate_k20_s0" / "bundle"
+    routing = json.loads((no_gate / "routing.json").read_text())
+    assert routing["symmetric"] and not routing["has_gate"]
+    assert routing["selector_classes"][0] == "UNIVERSAL_NORMAL"
     # K table: one row per quick K, with its labelled lines.
     k_rows = {r["k"]: r for r in rows if "k_sweep" in r["groups"] and r["status"] == "done"}
     assert sorted(k_rows) == list(QUICK_KS)

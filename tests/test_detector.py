@@ -155,3 +155,40 @@ def test_known_templates_routed_by_the_partition(detector: Detector) -> None:
     # A never-seen template is still routed by the gate and selector.
     assert beta.event_id is None
     assert (beta.route, beta.domain) == (Route.EXPERT, "MIX")
+
+
+def test_symmetric_routing_without_a_gate(detector: Detector) -> None:
+    """No-Gate ablation: one selector whose class 0 is UNIVERSAL_NORMAL routes every line."""
+    tokenizer = detector.backend.tokenizer
+    tid = {w: tokenizer.convert_tokens_to_ids(w) for w in WORDS}
+    classes = [UNIVERSAL_NORMAL, "MIX", "PURE"]
+    # word: selector probabilities over (UNIVERSAL_NORMAL, MIX, PURE)
+    probs = {
+        "alpha": [0.1, 0.2, 0.7],
+        "beta": [0.3, 0.6, 0.1],
+        "gamma": [0.2, 0.7, 0.1],
+        "delta": [0.8, 0.1, 0.1],
+        "epsilon": [0.6, 0.3, 0.1],
+    }
+    heads = dict(detector.backend.heads)
+    heads["selector"] = TableHead({tid[w]: p for w, p in probs.items()}, n_outputs=3)
+    del heads["gate"]
+    symmetric = Detector(
+        root=Path("."),
+        fmt=detector.format,
+        parser=detector.parser,
+        partition=detector.partition,
+        calibration=detector.calibration,
+        routing={"has_gate": False, "symmetric": True, "selector_classes": classes},
+        backend=TorchBackend(
+            tokenizer=tokenizer, trunk=detector.backend.trunk, heads=heads, max_tokens=16
+        ),
+        route_known_templates=False,
+    )
+    alpha, beta, gamma, delta, epsilon = symmetric.detect_lines(WORDS)
+    assert (alpha.route, alpha.domain, alpha.anomaly) == (Route.PURE_ANOMALY, "PURE", True)
+    assert alpha.score == pytest.approx(0.9)  # 1 - P(UNIVERSAL_NORMAL)
+    assert (beta.route, beta.domain, beta.anomaly) == (Route.EXPERT, "MIX", True)
+    assert (gamma.route, gamma.domain, gamma.anomaly) == (Route.EXPERT, "MIX", False)
+    assert (delta.route, delta.anomaly) == (Route.UNIVERSAL_NORMAL, True)
+    assert (epsilon.route, epsilon.anomaly) == (Route.UNIVERSAL_NORMAL, False)

@@ -196,6 +196,14 @@ class Settings:
     max_tokens: int = _opt(128, "tokens per line the models see; longer lines are cut", SETUP)
     train_batch_size: int = _opt(32, "batch size for training", SETUP)
     seed: int = _opt(0, "random seed for sampling and training", SETUP)
+    routing: str = _opt(
+        "gated",
+        "router layout: 'gated' (paper III-C: a gate for UNIVERSAL_NORMAL against the expert "
+        "domains, then a selector among them) or 'symmetric' (no gate: UNIVERSAL_NORMAL is "
+        "one more selector class; the paper's No-Gate ablation)",
+        SETUP,
+        choices=("gated", "symmetric"),
+    )
     router_max_lines: int = _opt(
         20_000, "cap on distinct offline lines used to train gate and selector", SETUP
     )

@@ -396,19 +396,33 @@ class Detector:
         n = len(texts)
         un_weight = float(self.calibration["universal_normal"]["weight"])
         gate = np.full(n, np.nan)
-        if self.routing.get("has_gate"):
+        classes: list[str] = list(self.routing.get("selector_classes", []))
+        chosen: dict[int, str] = {}
+        routed = np.zeros(0, dtype=np.int64)
+        if self.routing.get("symmetric"):
+            # No-Gate ablation: one selector over UNIVERSAL_NORMAL (class 0) and the expert
+            # domains routes each line; 1 - P(UNIVERSAL_NORMAL) stands in for the gate score.
+            needed = [i for i in range(n) if self._needs_gate(keys[i][1], un_weight)]
+            if needed:
+                probs = self.backend.score(SELECTOR_HEAD, encoded, needed)
+                gate[needed] = 1.0 - probs[:, 0]
+                best = probs.argmax(axis=-1)
+                chosen = {
+                    i: classes[int(c)]
+                    for i, c in zip(needed, best, strict=True)
+                    if keys[i][1] is None
+                }
+        elif self.routing.get("has_gate"):
             needed = [i for i in range(n) if self._needs_gate(keys[i][1], un_weight)]
             if needed:
                 gate[needed] = self.backend.score(GATE_HEAD, encoded, needed).reshape(-1)
+            routed = np.flatnonzero(
+                (np.nan_to_num(gate) >= GATE_THRESHOLD) & np.array([key[1] is None for key in keys])
+            )
         else:
             gate[:] = 0.0
-        routed = np.flatnonzero(
-            (np.nan_to_num(gate) >= GATE_THRESHOLD) & np.array([key[1] is None for key in keys])
-        )
 
         # Selector: which expert domain (III-C2); trivial when there is only one.
-        classes: list[str] = list(self.routing.get("selector_classes", []))
-        chosen: dict[int, str] = {}
         if len(routed) and len(classes) == 1:
             chosen = {int(i): classes[0] for i in routed}
         elif len(routed):

@@ -620,18 +620,28 @@ def run_detection_loop(
                     item = pending.get(timeout=wait)
                 except queue.Empty:
                     item = None
-                if item is _END:
-                    done = True
-                elif isinstance(item, _Failure):
-                    failure = item.exc
-                    done = True
-                elif item is not None:
+                while item is not None:
+                    if item is _END:
+                        done = True
+                        break
+                    if isinstance(item, _Failure):
+                        failure = item.exc
+                        done = True
+                        break
                     record, arrived = item
                     if not batch:
                         # The wait counts from the line's arrival, not from when it was taken:
                         # lines that queued up while a batch was scored go out at once.
                         first_at = arrived
                     batch.append(record)
+                    if len(batch) >= batch_size:
+                        break
+                    # Take what is already queued without waiting, so that a backlog goes
+                    # out as one batch rather than line by line.
+                    try:
+                        item = pending.get_nowait()
+                    except queue.Empty:
+                        item = None
             if batch and (
                 done or len(batch) >= batch_size or time.monotonic() - first_at >= flush_s
             ):

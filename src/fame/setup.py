@@ -499,6 +499,19 @@ def _train_router(
     cap = settings.router_max_lines
     positives = _subsample(expert_texts, cap // (1 + GATE_NORMAL_RATIO) or 1, rng)
     negatives = _subsample(un_texts, GATE_NORMAL_RATIO * len(positives), rng)
+    if settings.routing == "symmetric":
+        # No-Gate ablation (paper IV-D): one selector whose classes are UNIVERSAL_NORMAL and
+        # the expert domains, on the same lines the gate and selector would see; Eq. 1's
+        # class weights take care of the 3:1 imbalance.
+        sym_classes = [UNIVERSAL_NORMAL, *classes]
+        texts = [*positives, *negatives]
+        labels = [sym_classes.index(domain_of_text[t]) for t in texts]
+        selector, sel_report = training.train_selector(
+            encoder, states, texts, labels, sym_classes, settings=settings, seed=settings.seed
+        )
+        heads["selector"] = selector
+        reports["selector"] = sel_report
+        return {"has_gate": False, "symmetric": True, "selector_classes": sym_classes}
     gate_head, gate_report = training.train_gate(
         encoder, states, positives, negatives, settings=settings, seed=settings.seed
     )

@@ -218,13 +218,19 @@ def plan_rows(*, quick: bool, llm_reason: str | None, loglead_reason: str | None
             reason=skipped if quick else None,
         ),
         Row(
-            "no_gate",
+            fame_row_id("no-gate", main_k, 0),
             "Ablation: no gate (symmetric routing)",
-            NOT_RUN,
+            FAME,
             (GROUP_TABLE1,),
             main_k,
-            reason="symmetric routing (UNIVERSAL_NORMAL as one more selector class, "
-            "no gate) is not implemented in fame's detector yet",
+            options=(
+                ("routing", "symmetric"),
+                ("route_known_templates", False),
+                ("novelty", False),
+            ),
+            phase1_from=main,
+            note="UNIVERSAL_NORMAL is one more selector class; routed like the paper's "
+            "routing row (every line by the models, no novelty path), to compare with it",
         ),
         Row(
             fame_row_id("llm", main_k, 0),

@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-import torch
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -42,15 +41,16 @@ _SUPPORTED_ATTENTION = ("eager", "sdpa")
 
 
 class Tokenized(TypedDict):
-    """A padded batch of token ids, as :func:`tokenize` returns it.
+    """A padded batch of token ids, as :func:`tokenize` returns it (torch tensors, or int64
+    numpy arrays with ``tensors="np"``).
 
     Attributes:
         input_ids: ``[batch, seq]`` int64 token ids, right-padded with the tokenizer's pad id.
         attention_mask: ``[batch, seq]`` int64, 1 on real tokens and 0 on padding.
     """
 
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
+    input_ids: Any
+    attention_mask: Any
 
 
 def resolve_encoder(name: str) -> str:
@@ -229,7 +229,11 @@ def encoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def tokenize(
-    tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_tokens: int = MAX_TOKENS
+    tokenizer: PreTrainedTokenizerBase,
+    texts: Sequence[str],
+    max_tokens: int = MAX_TOKENS,
+    *,
+    tensors: str = "pt",
 ) -> Tokenized:
     """Tokenizes a batch of lines, padded to the longest and truncated to ``max_tokens``.
 
@@ -237,6 +241,7 @@ def tokenize(
         tokenizer: A fast tokenizer from :func:`load_tokenizer`.
         texts: The lines.
         max_tokens: Token budget per line including [CLS] and [SEP]; longer lines are cut.
+        tensors: ``"pt"`` for torch tensors, ``"np"`` for int64 numpy arrays (onnxruntime).
 
     Returns:
         ``input_ids`` and ``attention_mask`` tensors (no ``token_type_ids``: single-segment
@@ -260,9 +265,14 @@ def tokenize(
         padding=True,
         truncation=True,
         max_length=max_tokens,
-        return_tensors="pt",
+        return_tensors=tensors,
         return_token_type_ids=False,
     )
+    if tensors == "np":
+        return Tokenized(
+            input_ids=encoded["input_ids"].astype("int64"),
+            attention_mask=encoded["attention_mask"].astype("int64"),
+        )
     return Tokenized(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"])
 
 

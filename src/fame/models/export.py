@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from fame.errors import BundleError
+from fame.models.encoder import tokenize
 from fame.models.heads import Head
 from fame.models.trunk import Trunk
 
@@ -210,14 +211,7 @@ def export_onnx(
         if router_trunk is not None and router_trunk is not trunk:
             trunks["router_trunk"] = (router_trunk, router_tokenizer or tokenizer)
         for name, (module, tok) in trunks.items():
-            enc = tok(
-                list(_PROBE_TEXTS),
-                padding=True,
-                truncation=True,
-                max_length=max_tokens,
-                return_tensors="pt",
-                return_token_type_ids=False,
-            )
+            enc = tokenize(tok, list(_PROBE_TEXTS), max_tokens)
             ids, mask = enc["input_ids"], enc["attention_mask"]
             _export(
                 _TrunkGraph(module),

@@ -324,16 +324,8 @@ class OnnxBackend:
         )
 
     def _run(self, session: Any, tokenizer: Any, texts: list[str]) -> tuple[Any, Any]:
-        encoded = tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_tokens,
-            return_tensors="np",
-            return_token_type_ids=False,
-        )
-        ids = np.asarray(encoded["input_ids"], dtype=np.int64)
-        mask = np.asarray(encoded["attention_mask"], dtype=np.int64)
+        enc = tokenize(tokenizer, texts, self.max_tokens, tensors="np")
+        ids, mask = enc["input_ids"], enc["attention_mask"]
         (hidden,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
         return hidden, mask
 
