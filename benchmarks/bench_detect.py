@@ -200,7 +200,11 @@ def main() -> None:
             seen.add(text)
             distinct.append(line)
     figures: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_1m_before": os.getloadavg()[0],
+        },
         "log": str(args.log),
         "test_lines": len(test),
         "distinct_model_texts": len(distinct),
@@ -273,7 +277,64 @@ def main() -> None:
             figures["f1"] = {p: evaluate_f1(args.run, args.log, work, p) for p in ("fp32", "int8")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(figures, indent=2) + "\n")
+    args.out.with_suffix(".md").write_text(render(figures), encoding="utf-8")
     print(json.dumps(figures, indent=2))
+
+
+def render(f: dict[str, Any]) -> str:
+    """The README's tables, from the figures alone."""
+    out = [
+        "| engine | test region, cache on (lines/s) | all distinct, cache off (lines/s) "
+        "| peak memory (MiB) | x reference |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, label in (
+        ("onnx_int8", "onnx int8 (default)"),
+        ("onnx_fp32", "onnx fp32"),
+        ("torch_fp32", "torch fp32, batched"),
+    ):
+        on = f["stream"][name]["test_region_cache_on"]
+        off = f["stream"][name]["all_distinct_cache_off"]
+        peak = max(on["peak_rss_mb"], off["peak_rss_mb"])
+        speedup = f["speedup_vs_reference"][f"{name}_test_region_cache_on"]
+        out.append(
+            f"| {label} | {on['lines_per_s']:,.0f} | {off['lines_per_s']:,.0f} "
+            f"| {peak:,.0f} | {speedup} |"
+        )
+    ref = f["reference"]
+    out.append(
+        f"| reference: the paper's architecture (full fp32 model per stage, one line at a "
+        f"time, no cache; {ref['lines']} lines) | {ref['lines_per_s']:,.1f} | | | 1 |"
+    )
+    out += [
+        "",
+        f"Reference and onnx fp32 verdicts identical on {ref['identical_verdicts_vs_onnx_fp32']}"
+        f" of {ref['of']} lines.",
+        "",
+        "| repeated lines | int8 lines/s | fp32 lines/s |",
+        "|---:|---:|---:|",
+    ]
+    for share, row in f["repeated_share"].items():
+        out.append(
+            f"| {share} | {row['int8']['lines_per_s']:,.0f} | {row['fp32']['lines_per_s']:,.0f} |"
+        )
+    out += [
+        "",
+        "| precision | latency p50 at 1,000 lines/s | p99 | max |",
+        "|---|---:|---:|---:|",
+    ]
+    for p, row in f["latency"].items():
+        out.append(
+            f"| {p} | {row['p50_ms']:,.0f} ms | {row['p99_ms']:,.0f} ms | {row['max_ms']:,.0f} ms |"
+        )
+    if "f1" in f:
+        out += ["", "| precision | P | R | F1 | AUROC |", "|---|---:|---:|---:|---:|"]
+        for p, m in f["f1"].items():
+            out.append(
+                f"| {p} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.4f} "
+                f"| {m['auroc']:.4f} |"
+            )
+    return "\n".join(out) + "\n"
 
 
 if __name__ == "__main__":

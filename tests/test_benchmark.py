@@ -144,6 +144,9 @@ def test_quick_benchmark_report_is_complete_and_consistent(quick: BenchmarkResul
         assert f"| {k} | {k_rows[k]['labeled_lines']:,} |" in report
     for plot in ("table1_f1.png", "k_sensitivity.png"):
         assert (quick.out / plot).stat().st_size > 1000
+    # The README's short table: the main FAME row with its own counts.
+    headline = (quick.out / "headline.md").read_text()
+    assert f"| {main['tp']} / {main['fp']} / {main['fn']} |" in headline
 
 
 @pytest.mark.slow

@@ -125,7 +125,38 @@ def write_report(results: dict[str, Any], out: Path) -> Path:
     ]
     path = out / "report.md"
     path.write_text("\n\n".join(s for s in sections if s) + "\n", encoding="utf-8")
+    (out / "headline.md").write_text(headline_table(results) + "\n", encoding="utf-8")
     return path
+
+
+def headline_table(results: dict[str, Any]) -> str:
+    """The short Table I that the README shows (``headline.md``): FAME's rows and ablations,
+    fame's baselines, and LogLead's best supervised and best unsupervised detector (chosen by
+    test F1, which favours the peer; the report lists all of them)."""
+    rows = done(results["rows"], "table1")
+    picked = [r for r in rows if r["kind"] == "fame"]
+    picked += [r for r in rows if r["kind"] == "baseline"]
+    for kind in ("supervised", "unsupervised"):
+        peers = [r for r in rows if r["kind"] == "loglead" and f"({kind})" in r["method"]]
+        if peers:
+            best = max(peers, key=lambda r: r["f1"])
+            picked.append({**best, "method": f"{best['method']}, best of {len(peers)}"})
+    lines = [
+        "| method | precision | recall | F1 | AUROC | TP / FP / FN |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for row in picked:
+        lines.append(
+            f"| {row['method']} | {_pct(row['precision'])} | {_pct(row['recall'])} "
+            f"| **{_pct(row['f1'])}** | {_pct(row['auroc'])} "
+            f"| {row['tp']} / {row['fp']} / {row['fn']} |"
+        )
+    paper = PAPER_TABLE1["FAME (LLM grouping, Claude Sonnet 4.6)"]
+    lines.append(
+        f"| paper: FAME, LLM grouping, full BGL | {_pct(paper[0])} | {_pct(paper[1])} "
+        f"| {_pct(paper[2])} | {_pct(paper[3])} | |"
+    )
+    return "\n".join(lines)
 
 
 def _main_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
