@@ -372,6 +372,7 @@ def run_benchmark(
         "settings": {k: v for k, v in settings.to_dict().items() if v != _default(k)},
         "paper": {"bgl_f1_k100": PAPER_F1},
         "benchmark_seconds_this_run": round(time.perf_counter() - started, 1),
+        "report_only": report_only,
         "rows": entries,
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
@@ -541,8 +542,8 @@ class _Runner:
             "offline_lines": n_offline,
             "test_lines": self._total_lines - n_offline,
         }
-        if self._split is not None:
-            info["test_anomalies"] = sum(self._split.test_labels)
+        # Read (and parsed) here when no row needed it, e.g. with --report-only: seconds.
+        info["test_anomalies"] = sum(self.split().test_labels)
         return info
 
     # -- row kinds -----------------------------------------------------------------------------
