@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from scipy.sparse import csr_matrix
 
+from fame.certification import CertifiedPartition
 from fame.errors import BundleError, ConfigError, InputError
 from fame.partition import (
     DOMAIN_NAME_PATTERN,
@@ -23,6 +25,7 @@ from fame.partition import (
     read_partition_file,
     write_partition_file,
 )
+from fame.partition.single import SingleDomainProposer
 from fame.partition.tfidf import _name_groups
 from fame.sampling import KShotSample, sample_kshot
 
@@ -109,12 +112,27 @@ def test_partition_json_round_trip() -> None:
 
 
 def test_registry_builds_the_known_proposers(tmp_path: Path) -> None:
-    assert PROPOSER_NAMES == ("tfidf", "file", "llm")
+    assert PROPOSER_NAMES == ("tfidf", "file", "llm", "single")
     tfidf = get_proposer("tfidf", similarity_threshold=0.7)
     assert isinstance(tfidf, TfidfProposer) and tfidf.similarity_threshold == 0.7
     file_proposer = get_proposer("file", path=tmp_path / "p.json")
     assert isinstance(file_proposer, FileProposer)
     assert isinstance(tfidf, Proposer) and isinstance(file_proposer, Proposer)
+
+
+def test_single_proposer_keeps_every_event_in_universal_normal(
+    bgl_sample: KShotSample,
+    certify_bgl_2k: Callable[[Partition], CertifiedPartition],
+) -> None:
+    """The single-global-model ablation: no failure domain survives, one expert decides."""
+    proposer = get_proposer("single")
+    assert isinstance(proposer, SingleDomainProposer) and isinstance(proposer, Proposer)
+    partition = proposer.propose(bgl_sample)
+    assert set(partition.domains) == {UNIVERSAL_NORMAL}
+    assert set(partition.domains[UNIVERSAL_NORMAL]) == set(bgl_sample.events)
+    certified = certify_bgl_2k(partition)
+    assert certified.expert_domains == []
+    assert all(certified.domain_of(e) == UNIVERSAL_NORMAL for e in bgl_sample.events)
 
 
 def test_registry_llm_proposer_needs_a_model_client() -> None:
