@@ -399,10 +399,10 @@ class Detector:
         classes: list[str] = list(self.routing.get("selector_classes", []))
         chosen: dict[int, str] = {}
         routed = np.zeros(0, dtype=np.int64)
+        needed = [i for i in range(n) if self._needs_gate(keys[i][1], un_weight)]
         if self.routing.get("symmetric"):
             # No-Gate ablation: one selector over UNIVERSAL_NORMAL (class 0) and the expert
             # domains routes each line; 1 - P(UNIVERSAL_NORMAL) stands in for the gate score.
-            needed = [i for i in range(n) if self._needs_gate(keys[i][1], un_weight)]
             if needed:
                 probs = self.backend.score(SELECTOR_HEAD, encoded, needed)
                 gate[needed] = 1.0 - probs[:, 0]
@@ -413,7 +413,6 @@ class Detector:
                     if keys[i][1] is None
                 }
         elif self.routing.get("has_gate"):
-            needed = [i for i in range(n) if self._needs_gate(keys[i][1], un_weight)]
             if needed:
                 gate[needed] = self.backend.score(GATE_HEAD, encoded, needed).reshape(-1)
             routed = np.flatnonzero(

@@ -17,6 +17,7 @@ recorded only for lines whose results were written out).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -594,54 +595,48 @@ def run_detection_loop(
     batch: list[LogRecord] = []
     first_at = 0.0
     failure: BaseException | None = None
+
+    def take(item: Any, limit: int | None) -> bool:
+        """Add ``item`` and every record already queued to the batch, without waiting, up to
+        ``limit`` records (so a backlog goes out as one batch, not line by line). Returns
+        True once the input ended (its end marker, or the reader's failure)."""
+        nonlocal failure, first_at
+        while item is not None:
+            if item is _END:
+                return True
+            if isinstance(item, _Failure):
+                failure = item.exc
+                return True
+            record, arrived = item
+            if not batch:
+                # The wait counts from the line's arrival, not from when it was taken:
+                # lines that queued up while a batch was scored go out at once.
+                first_at = arrived
+            batch.append(record)
+            if limit is not None and len(batch) >= limit:
+                return False
+            try:
+                item = pending.get_nowait()
+            except queue.Empty:
+                item = None
+        return False
+
     try:
         done = False
         while not done:
             if stop.is_set():
+                # The records already read are finished; nothing new is taken.
                 stats.stopped = True
                 done = True
-                while True:  # the records already read are finished, nothing new is taken
-                    try:
-                        item = pending.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is _END:
-                        break
-                    if isinstance(item, _Failure):
-                        failure = item.exc
-                        break
-                    batch.append(item[0])
+                with contextlib.suppress(queue.Empty):
+                    take(pending.get_nowait(), None)
             else:
                 if batch:
                     wait = max(0.0, min(_QUEUE_POLL_S, first_at + flush_s - time.monotonic()))
                 else:
                     wait = _QUEUE_POLL_S
-                try:
-                    item = pending.get(timeout=wait)
-                except queue.Empty:
-                    item = None
-                while item is not None:
-                    if item is _END:
-                        done = True
-                        break
-                    if isinstance(item, _Failure):
-                        failure = item.exc
-                        done = True
-                        break
-                    record, arrived = item
-                    if not batch:
-                        # The wait counts from the line's arrival, not from when it was taken:
-                        # lines that queued up while a batch was scored go out at once.
-                        first_at = arrived
-                    batch.append(record)
-                    if len(batch) >= batch_size:
-                        break
-                    # Take what is already queued without waiting, so that a backlog goes
-                    # out as one batch rather than line by line.
-                    try:
-                        item = pending.get_nowait()
-                    except queue.Empty:
-                        item = None
+                with contextlib.suppress(queue.Empty):
+                    done = take(pending.get(timeout=wait), batch_size)
             if batch and (
                 done or len(batch) >= batch_size or time.monotonic() - first_at >= flush_s
             ):

@@ -398,9 +398,6 @@ def _cost(rows: list[dict[str, Any]], main: dict[str, Any] | None, results: dict
     for row in done(rows):
         key = row["id"]
         seconds = float(row.get("seconds") or 0)
-        if seconds < 1 and row.get("setup_seconds"):
-            # A row whose evaluation finished before the benchmark adopted it.
-            seconds = float(row["setup_seconds"]) + float(row.get("detect_seconds") or 0)
         if row["kind"] == "loglead":
             key = "loglead"
             if key in seen:
